@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then runs
+# formatting, lints and every test (unit, integration, end-to-end with real QEMU boots).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./ci/install-deps.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets "$@"

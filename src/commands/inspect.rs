@@ -1,0 +1,47 @@
+//! Commands that look without building: validate, plan, doctor.
+
+use super::{say, Ctx};
+use crate::cli::PlanArgs;
+use crate::{doctor, plan};
+
+/// `goldsmith validate`.
+pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
+    let recipes = ctx.recipes()?;
+    if ctx.global.json {
+        ctx.print_json(&serde_json::json!({
+            "ok": true,
+            "layers": recipes.layers.keys().collect::<Vec<_>>(),
+            "images": recipes.images.keys().collect::<Vec<_>>(),
+        }))?;
+    } else {
+        say(&format!(
+            "ok: {} layer(s), {} image(s) valid\n",
+            recipes.layers.len(),
+            recipes.images.len()
+        ));
+    }
+    Ok(0)
+}
+
+/// `goldsmith plan`.
+pub async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<u8> {
+    let recipes = ctx.recipes()?;
+    let p = plan::make(&recipes, &args.images, &plan::NoCache, &plan::NoResolve)?;
+    if ctx.global.json {
+        ctx.print_json(&plan::to_json(&p, &recipes))?;
+    } else {
+        say(&plan::to_text(&p));
+    }
+    Ok(0)
+}
+
+/// `goldsmith doctor`.
+pub async fn doctor(ctx: &Ctx) -> anyhow::Result<u8> {
+    let report = doctor::run(&ctx.config).await;
+    if ctx.global.json {
+        ctx.print_json(&report)?;
+    } else {
+        say(&doctor::to_text(&report));
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}

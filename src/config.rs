@@ -1,0 +1,432 @@
+//! `goldsmith.toml`: where things live and how the pipeline runs on this host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::recipe::source::{ConfigError, SourceFile};
+
+/// The project configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDef {
+    #[serde(default = "d_recipes")]
+    pub recipes_dir: String,
+    #[serde(default = "d_images")]
+    pub images_dir: String,
+    /// Where build directories (one per image) are written.
+    #[serde(default = "d_build")]
+    pub build_dir: String,
+    /// Timestamp every build clamps file times to (SOURCE_DATE_EPOCH overrides it).
+    #[serde(default = "d_sde")]
+    pub source_date_epoch: i64,
+    /// Debian/Ubuntu archive URL for base layers that set none.
+    pub mirror: Option<String>,
+    /// Security archive URL for base layers that set none.
+    pub security_mirror: Option<String>,
+    /// Host groups and their provisioner sinks.
+    pub inventory: Option<String>,
+    #[serde(default)]
+    pub cache: CacheDef,
+    #[serde(default)]
+    pub store: StoreDef,
+    #[serde(default)]
+    pub build: BuildDef,
+    #[serde(default)]
+    pub verify: VerifyHostDef,
+    #[serde(default)]
+    pub signing: SigningDef,
+    /// Publish targets besides the store, by name.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetDef>,
+    /// Rollout sinks, by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkDef>,
+}
+
+fn d_recipes() -> String {
+    "recipes".into()
+}
+fn d_images() -> String {
+    "images".into()
+}
+fn d_build() -> String {
+    "target/goldsmith".into()
+}
+fn d_sde() -> i64 {
+    // 2025-01-01T00:00:00Z: any fixed value will do; it only has to stay put.
+    1_735_689_600
+}
+
+impl Default for ConfigDef {
+    fn default() -> Self {
+        toml::from_str("").expect("empty config is valid")
+    }
+}
+
+/// The layer cache.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDef {
+    #[serde(default = "d_cache")]
+    pub dir: String,
+    /// Bound on the local layer cache; least recently used unpinned entries go first.
+    pub max_size: Option<String>,
+    /// A shared cache on S3-compatible storage (CI workers share built layers through it).
+    pub s3: Option<S3Def>,
+}
+
+fn d_cache() -> String {
+    ".goldsmith/cache".into()
+}
+
+impl Default for CacheDef {
+    fn default() -> Self {
+        CacheDef {
+            dir: d_cache(),
+            max_size: None,
+            s3: None,
+        }
+    }
+}
+
+/// The artifact store: a local directory (default) or S3-compatible storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDef {
+    #[serde(default = "d_store")]
+    pub path: String,
+    pub s3: Option<S3Def>,
+    /// Versions kept per image by `gc` (plus everything a channel points at).
+    #[serde(default = "d_keep")]
+    pub keep_versions: usize,
+}
+
+fn d_store() -> String {
+    "artifacts".into()
+}
+fn d_keep() -> usize {
+    10
+}
+
+impl Default for StoreDef {
+    fn default() -> Self {
+        StoreDef {
+            path: d_store(),
+            s3: None,
+            keep_versions: d_keep(),
+        }
+    }
+}
+
+/// An S3-compatible bucket. Credentials come from the environment (the standard AWS
+/// variables, or the variables named here), never from this file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Def {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// e.g. `http://127.0.0.1:9000` for a local server; unset for AWS.
+    pub endpoint: Option<String>,
+    #[serde(default = "d_region")]
+    pub region: String,
+    #[serde(default = "d_key_env")]
+    pub access_key_env: String,
+    #[serde(default = "d_secret_env")]
+    pub secret_key_env: String,
+}
+
+fn d_region() -> String {
+    "us-east-1".into()
+}
+fn d_key_env() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn d_secret_env() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildDef {
+    /// Concurrent CPU-heavy jobs (0 = number of cores).
+    #[serde(default)]
+    pub jobs: usize,
+    /// Concurrent VMs (0 = sized from free memory).
+    #[serde(default)]
+    pub max_vms: usize,
+    /// Seconds a single external program may run.
+    #[serde(default = "d_stage_timeout")]
+    pub stage_timeout_secs: u64,
+}
+
+fn d_stage_timeout() -> u64 {
+    3600
+}
+
+impl Default for BuildDef {
+    fn default() -> Self {
+        BuildDef {
+            jobs: 0,
+            max_vms: 0,
+            stage_timeout_secs: d_stage_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyHostDef {
+    /// `auto` (probe KVM, fall back to TCG), `kvm` or `tcg`.
+    #[serde(default = "d_accel")]
+    pub accelerator: Spanned<String>,
+    /// OVMF firmware; unset means the Debian `ovmf` package's files.
+    pub ovmf_code: Option<String>,
+    pub ovmf_vars: Option<String>,
+}
+
+fn d_accel() -> Spanned<String> {
+    Spanned::new(0..0, "auto".into())
+}
+
+impl Default for VerifyHostDef {
+    fn default() -> Self {
+        VerifyHostDef {
+            accelerator: d_accel(),
+            ovmf_code: None,
+            ovmf_vars: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SigningDef {
+    /// minisign secret key file (`goldsmith keygen` writes one).
+    pub key: Option<String>,
+    /// Public key file, for `verify-signature` and `fetch`.
+    pub public_key: Option<String>,
+    /// Environment variable holding the key's passphrase (unset: unencrypted key).
+    pub passphrase_env: Option<String>,
+}
+
+/// A publish target. Exactly one kind is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDef {
+    pub registry: Option<RegistryTarget>,
+    pub ami: Option<AmiTarget>,
+}
+
+/// An OCI registry (distribution API).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryTarget {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Repository name; `{image}` is replaced by the image name.
+    #[serde(default = "d_repo")]
+    pub repository: String,
+    /// Plain HTTP (loopback test registries only).
+    #[serde(default)]
+    pub insecure: bool,
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+}
+
+fn d_repo() -> String {
+    "goldsmith/{image}".into()
+}
+
+/// AWS AMI through the EBS direct APIs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmiTarget {
+    pub region: String,
+    /// Further regions the AMI is copied to.
+    #[serde(default)]
+    pub copy_to_regions: Vec<String>,
+    /// Account ids granted launch permission.
+    #[serde(default)]
+    pub launch_permissions: Vec<String>,
+    /// API endpoint override (a local emulator); unset for AWS.
+    pub endpoint: Option<String>,
+}
+
+/// A rollout sink. Exactly one kind is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkDef {
+    pub webhook: Option<WebhookSink>,
+    pub terraform: Option<TerraformSink>,
+    pub command: Option<CommandSink>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSink {
+    pub url: String,
+    /// Environment variable holding the `whsec_…` signing secret.
+    pub secret_env: String,
+    #[serde(default = "d_webhook_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "d_webhook_attempts")]
+    pub max_attempts: u32,
+}
+
+fn d_webhook_timeout() -> u64 {
+    10
+}
+fn d_webhook_attempts() -> u32 {
+    6
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerraformSink {
+    /// Directory that receives `<group>.auto.tfvars.json`.
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSink {
+    pub argv: Vec<String>,
+    #[serde(default = "d_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// The loaded configuration with its paths resolved against the project root.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The directory holding goldsmith.toml.
+    pub root: PathBuf,
+    pub source: Option<SourceFile>,
+    pub def: ConfigDef,
+}
+
+impl Config {
+    /// Load `path`; a missing file at the default location means "all defaults".
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let abs = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| ConfigError {
+                    file: path.to_owned(),
+                    line: 0,
+                    col: 0,
+                    message: format!("cannot determine the current directory: {e}"),
+                })?
+                .join(path)
+        };
+        let root = abs.parent().unwrap_or(Path::new("/")).to_owned();
+        if !abs.exists() && !explicit {
+            return Ok(Config {
+                root,
+                source: None,
+                def: ConfigDef::default(),
+            });
+        }
+        let source = SourceFile::read(&abs, &root)?;
+        let def: ConfigDef = source.parse()?;
+        let cfg = Config {
+            root,
+            source: Some(source),
+            def,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let acc = &self.def.verify.accelerator;
+        if !["auto", "kvm", "tcg"].contains(&acc.get_ref().as_str()) {
+            let src = self.source.as_ref().expect("validated configs have a file");
+            return Err(src.error_at(
+                acc.span(),
+                format!(
+                    "verify.accelerator: '{}' is not one of auto, kvm, tcg",
+                    acc.get_ref()
+                ),
+            ));
+        }
+        for (name, t) in &self.def.targets {
+            let n = t.registry.is_some() as u8 + t.ami.is_some() as u8;
+            if n != 1 {
+                return Err(self.file_error(format!(
+                    "targets.{name}: set exactly one of 'registry', 'ami'"
+                )));
+            }
+        }
+        for (name, s) in &self.def.sinks {
+            let n =
+                s.webhook.is_some() as u8 + s.terraform.is_some() as u8 + s.command.is_some() as u8;
+            if n != 1 {
+                return Err(self.file_error(format!(
+                    "sinks.{name}: set exactly one of 'webhook', 'terraform', 'command'"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn file_error(&self, msg: String) -> ConfigError {
+        match &self.source {
+            Some(s) => s.error(msg),
+            None => ConfigError {
+                file: "goldsmith.toml".into(),
+                line: 0,
+                col: 0,
+                message: msg,
+            },
+        }
+    }
+
+    /// A path from the config, made absolute against the project root.
+    pub fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.root.join(p)
+        }
+    }
+
+    pub fn recipes_dir(&self) -> PathBuf {
+        self.path(&self.def.recipes_dir)
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.path(&self.def.images_dir)
+    }
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path(&self.def.cache.dir)
+    }
+    pub fn build_dir(&self) -> PathBuf {
+        self.path(&self.def.build_dir)
+    }
+    pub fn store_dir(&self) -> PathBuf {
+        self.path(&self.def.store.path)
+    }
+
+    /// SOURCE_DATE_EPOCH from the environment, else the configured value.
+    pub fn source_date_epoch(&self) -> i64 {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(self.def.source_date_epoch)
+    }
+
+    /// CPU job slots.
+    pub fn jobs(&self) -> usize {
+        match self.def.build.jobs {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        }
+    }
+}

@@ -1,0 +1,750 @@
+//! The one wrapper through which goldsmith runs every external program.
+//!
+//! Every child runs in its own process group, with a timeout, and is killed as a whole
+//! group when the timeout expires, when the future running it is dropped (cancellation),
+//! or when goldsmith receives SIGINT/SIGTERM. A pidfile per live group lets the next run
+//! reap groups that a SIGKILL of goldsmith left behind. Command lines and stderr tails are
+//! passed through the secret redactor before they reach a log or an error.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::AtomicI32;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// How many stderr lines an error message carries.
+const STDERR_TAIL_LINES: usize = 25;
+/// Default timeout when the caller sets none: nothing goldsmith runs should take longer.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Environment variable that marks every child of one goldsmith run, so the reaper can
+/// tell our orphans from unrelated processes that happen to reuse a process-group id.
+pub const RUN_ID_ENV: &str = "GOLDSMITH_RUN_ID";
+
+/// Errors from running an external program. Messages carry the redacted command and the
+/// tail of its stderr, so a failure is explained without digging through logs.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("could not start `{program}`: {source} (is it installed? try `goldsmith doctor`)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` timed out after {secs}s and was killed{tail}")]
+    Timeout {
+        command: String,
+        secs: u64,
+        tail: StderrTail,
+    },
+    #[error("`{command}` failed ({status}){tail}")]
+    Failed {
+        command: String,
+        status: String,
+        code: Option<i32>,
+        tail: StderrTail,
+    },
+    #[error("i/o error talking to `{program}`: {source}")]
+    Io {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ExecError {
+    /// The captured stderr tail, if the program ran at all.
+    pub fn stderr_tail(&self) -> &str {
+        match self {
+            ExecError::Timeout { tail, .. } | ExecError::Failed { tail, .. } => &tail.0,
+            _ => "",
+        }
+    }
+}
+
+/// The last lines a program wrote to stderr, formatted for an error message.
+#[derive(Debug, Default, Clone)]
+pub struct StderrTail(pub String);
+
+impl fmt::Display for StderrTail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.trim().is_empty() {
+            Ok(())
+        } else {
+            write!(f, "; stderr ends with:\n{}", self.0.trim_end())
+        }
+    }
+}
+
+/// What a finished program produced.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr_tail: String,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// stdout as (lossy) UTF-8.
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+enum StdinSpec {
+    Null,
+    Bytes(Vec<u8>),
+    Inherit,
+}
+
+enum StdoutSpec {
+    Capture,
+    File(PathBuf),
+    Inherit,
+    Null,
+}
+
+/// A command to run: build it, then `run`, `run_unchecked` or `spawn` it.
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    env_remove: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    timeout: Duration,
+    stdin: StdinSpec,
+    stdout: StdoutSpec,
+    inherit_stderr: bool,
+    label: Option<String>,
+}
+
+impl Cmd {
+    /// A command for `program`, with stdin from /dev/null and stdout captured.
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            cwd: None,
+            timeout: DEFAULT_TIMEOUT,
+            stdin: StdinSpec::Null,
+            stdout: StdoutSpec::Capture,
+            inherit_stderr: false,
+            label: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Self {
+        self.env_remove.push(k.as_ref().to_owned());
+        self
+    }
+
+    pub fn current_dir(mut self, d: impl AsRef<Path>) -> Self {
+        self.cwd = Some(d.as_ref().to_owned());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Feed these bytes to the program's stdin.
+    pub fn stdin_bytes(mut self, b: impl Into<Vec<u8>>) -> Self {
+        self.stdin = StdinSpec::Bytes(b.into());
+        self
+    }
+
+    /// Give the program goldsmith's own terminal (interactive `goldsmith boot`).
+    pub fn interactive(mut self) -> Self {
+        self.stdin = StdinSpec::Inherit;
+        self.stdout = StdoutSpec::Inherit;
+        self.inherit_stderr = true;
+        self
+    }
+
+    /// Send stdout to a file instead of capturing it.
+    pub fn stdout_file(mut self, p: impl AsRef<Path>) -> Self {
+        self.stdout = StdoutSpec::File(p.as_ref().to_owned());
+        self
+    }
+
+    pub fn stdout_null(mut self) -> Self {
+        self.stdout = StdoutSpec::Null;
+        self
+    }
+
+    /// A short label for logs (e.g. the layer or image the command works for).
+    pub fn label(mut self, l: impl Into<String>) -> Self {
+        self.label = Some(l.into());
+        self
+    }
+
+    /// The command line as logged: shell-quoted and redacted.
+    pub fn display(&self) -> String {
+        let mut parts = vec![shell_quote(&self.program)];
+        parts.extend(self.args.iter().map(|a| shell_quote(a)));
+        redact(&parts.join(" "))
+    }
+
+    fn program_name(&self) -> String {
+        Path::new(&self.program)
+            .file_name()
+            .unwrap_or(self.program.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Run to completion; a non-zero exit is an error carrying the stderr tail.
+    pub async fn run(self) -> Result<Output, ExecError> {
+        let command = self.display();
+        let out = self.run_unchecked().await?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(ExecError::Failed {
+                command,
+                status: describe_status(out.status),
+                code: out.status.code(),
+                tail: StderrTail(out.stderr_tail),
+            })
+        }
+    }
+
+    /// Run to completion and return the output whatever the exit status.
+    pub async fn run_unchecked(self) -> Result<Output, ExecError> {
+        let started = Instant::now();
+        let command = self.display();
+        let timeout = self.timeout;
+        let program = self.program_name();
+        let mut running = self.spawn()?;
+        let fut = async {
+            let stdout = running.collect_stdout().await?;
+            let status = running.wait().await?;
+            Ok::<_, ExecError>((status, stdout))
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok((status, stdout))) => {
+                let stderr_tail = running.stderr_tail().await;
+                let elapsed = started.elapsed();
+                tracing::debug!(target: "goldsmith::exec", %program, status = %describe_status(status), elapsed_ms = elapsed.as_millis() as u64, "finished");
+                Ok(Output {
+                    status,
+                    stdout,
+                    stderr_tail,
+                    elapsed,
+                })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                running.kill();
+                let _ = running.wait().await;
+                let tail = running.stderr_tail().await;
+                tracing::warn!(target: "goldsmith::exec", %program, secs = timeout.as_secs(), "timed out, process group killed");
+                Err(ExecError::Timeout {
+                    command,
+                    secs: timeout.as_secs(),
+                    tail: StderrTail(tail),
+                })
+            }
+        }
+    }
+
+    /// Start a long-running program (a VM). The returned handle kills the whole process
+    /// group when dropped; the caller enforces its own deadlines with [`Running::wait`].
+    pub fn spawn(self) -> Result<Running, ExecError> {
+        let program = self.program_name();
+        let shown = self.display();
+        match &self.label {
+            Some(l) => tracing::debug!(target: "goldsmith::exec", label = %l, "run: {}", shown),
+            None => tracing::debug!(target: "goldsmith::exec", "run: {}", shown),
+        }
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args);
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env(RUN_ID_ENV, run_id());
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        let mut stdin_bytes = None;
+        match self.stdin {
+            StdinSpec::Null => {
+                cmd.stdin(Stdio::null());
+            }
+            StdinSpec::Inherit => {
+                cmd.stdin(Stdio::inherit());
+            }
+            StdinSpec::Bytes(b) => {
+                cmd.stdin(Stdio::piped());
+                stdin_bytes = Some(b);
+            }
+        }
+        match &self.stdout {
+            StdoutSpec::Capture => {
+                cmd.stdout(Stdio::piped());
+            }
+            StdoutSpec::Inherit => {
+                cmd.stdout(Stdio::inherit());
+            }
+            StdoutSpec::Null => {
+                cmd.stdout(Stdio::null());
+            }
+            StdoutSpec::File(p) => {
+                let f = std::fs::File::create(p).map_err(|source| ExecError::Io {
+                    program: program.clone(),
+                    source,
+                })?;
+                cmd.stdout(Stdio::from(f));
+            }
+        }
+        if self.inherit_stderr {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            cmd.stderr(Stdio::piped());
+        }
+        let interactive = self.inherit_stderr;
+        if !interactive {
+            // Own process group, so one signal reaches the program and everything it forks.
+            // An interactive child stays in our group so the terminal's job control and
+            // Ctrl-A X of the QEMU console keep working.
+            cmd.process_group(0);
+        }
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child if
+        // goldsmith itself dies, so a SIGKILLed goldsmith does not leave it running.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0) as i32;
+        let guard = GroupGuard::register(pid, !interactive, &shown);
+        if let Some(bytes) = stdin_bytes {
+            if let Some(mut sin) = child.stdin.take() {
+                tokio::spawn(async move {
+                    // A program that exits without reading stdin closes the pipe: not an error.
+                    let _ = sin.write_all(&bytes).await;
+                    let _ = sin.shutdown().await;
+                });
+            }
+        }
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_task = child.stderr.take().map(|err| {
+            let tail = tail.clone();
+            let prog = program.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = redact(&line);
+                    tracing::debug!(target: "goldsmith::exec", program = %prog, "{line}");
+                    let mut t = tail.lock().unwrap();
+                    if t.len() == STDERR_TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            })
+        });
+        Ok(Running {
+            child,
+            program,
+            guard,
+            tail,
+            stderr_task,
+        })
+    }
+}
+
+/// A running child process group. Dropping it kills the group.
+pub struct Running {
+    child: tokio::process::Child,
+    program: String,
+    guard: GroupGuard,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The child's pid (also its process-group id).
+    pub fn pid(&self) -> i32 {
+        self.guard.pgid
+    }
+
+    /// Read all of stdout (only when it was captured).
+    async fn collect_stdout(&mut self) -> Result<Vec<u8>, ExecError> {
+        let mut buf = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_end(&mut buf)
+                .await
+                .map_err(|source| ExecError::Io {
+                    program: self.program.clone(),
+                    source,
+                })?;
+        }
+        Ok(buf)
+    }
+
+    /// Wait for the child to exit. The rest of its process group is killed then too, so
+    /// a daemonising grandchild cannot outlive the command that started it.
+    pub async fn wait(&mut self) -> Result<ExitStatus, ExecError> {
+        let st = self.child.wait().await.map_err(|source| ExecError::Io {
+            program: self.program.clone(),
+            source,
+        })?;
+        self.guard.kill();
+        Ok(st)
+    }
+
+    /// Has the child exited? Non-blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kill the whole process group now (SIGKILL).
+    pub fn kill(&mut self) {
+        self.guard.kill();
+        let _ = self.child.start_kill();
+    }
+
+    /// The last stderr lines (waits briefly for the reader to drain the pipe).
+    pub async fn stderr_tail(&mut self) -> String {
+        if let Some(t) = self.stderr_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        let t = self.tail.lock().unwrap();
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Owns one live process group: registered for signal-time cleanup and with a pidfile
+/// for the reaper; killing or dropping it kills the group.
+struct GroupGuard {
+    pgid: i32,
+    own_group: bool,
+    live: bool,
+}
+
+impl GroupGuard {
+    fn register(pgid: i32, own_group: bool, display: &str) -> Self {
+        if own_group && pgid > 0 {
+            live_groups().lock().unwrap().insert(pgid, display.to_string());
+            if let Some(dir) = pid_dir() {
+                let body = format!("{} {} {}\n", std::process::id(), run_id(), display);
+                let _ = std::fs::write(dir.join(format!("{pgid}.pid")), body);
+            }
+        }
+        GroupGuard {
+            pgid,
+            own_group,
+            live: true,
+        }
+    }
+
+    fn kill(&mut self) {
+        if !self.live {
+            return;
+        }
+        self.live = false;
+        if self.own_group && self.pgid > 0 {
+            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            live_groups().lock().unwrap().remove(&self.pgid);
+            if let Some(dir) = pid_dir() {
+                let _ = std::fs::remove_file(dir.join(format!("{}.pid", self.pgid)));
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn live_groups() -> &'static Mutex<HashMap<i32, String>> {
+    static G: OnceLock<Mutex<HashMap<i32, String>>> = OnceLock::new();
+    G.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Kill every live process group (used by the signal handler before the pipeline unwinds).
+pub fn kill_all() {
+    let groups: Vec<i32> = live_groups().lock().unwrap().keys().copied().collect();
+    for g in groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+}
+
+/// Number of process groups currently alive (tests use it to prove nothing leaked).
+pub fn live_group_count() -> usize {
+    live_groups().lock().unwrap().len()
+}
+
+fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )
+    })
+}
+
+static PID_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+fn pid_dir() -> Option<PathBuf> {
+    PID_DIR.read().unwrap().clone()
+}
+
+/// Set the directory where live process groups leave pidfiles, then kill whatever an
+/// earlier goldsmith that died without cleaning up (SIGKILL, power loss) left running.
+/// Returns how many orphaned groups were reaped.
+pub fn init_reaper(dir: &Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    *PID_DIR.write().unwrap() = Some(dir.to_owned());
+    let mut reaped = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pgid) = name
+            .strip_suffix(".pid")
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut it = body.split_whitespace();
+        let owner: i32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let owner_run = it.next().unwrap_or("").to_string();
+        if owner > 0 && process_alive_with_run(owner, None) {
+            continue; // a concurrent goldsmith still owns it
+        }
+        // Kill only processes that carry the dead run's id: a reused pgid is left alone.
+        for pid in processes_in_group(pgid) {
+            if process_alive_with_run(pid, Some(&owner_run)) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                reaped += 1;
+            }
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    if reaped > 0 {
+        tracing::warn!("reaped {reaped} process(es) left behind by an earlier goldsmith run");
+    }
+    Ok(reaped)
+}
+
+fn processes_in_group(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state ppid pgrp ...
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.get(2).and_then(|s| s.parse::<i32>().ok()) == Some(pgid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Is `pid` alive (and, when `run` is given, a child of that goldsmith run)?
+fn process_alive_with_run(pid: i32, run: Option<&str>) -> bool {
+    match run {
+        None => Path::new(&format!("/proc/{pid}")).exists(),
+        Some(run) => std::fs::read(format!("/proc/{pid}/environ"))
+            .map(|env| {
+                let needle = format!("{RUN_ID_ENV}={run}");
+                env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+            })
+            .unwrap_or(false),
+    }
+}
+
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Register a secret value: from now on it is replaced by `***` in every command line,
+/// stderr tail and log line that passes through [`redact`].
+pub fn register_secret(value: &str) {
+    // Very short values would redact ordinary words; they are still kept out of argv.
+    if value.len() >= 4 {
+        let mut s = SECRETS.write().unwrap();
+        if !s.iter().any(|v| v == value) {
+            s.push(value.to_string());
+            // Longest first, so a secret containing another is replaced whole.
+            s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+}
+
+/// Replace every registered secret in `text`.
+pub fn redact(text: &str) -> String {
+    let secrets = SECRETS.read().unwrap();
+    let mut out = text.to_string();
+    for s in secrets.iter() {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// The registered secrets (the post-build scan searches outputs for them).
+pub fn secrets() -> Vec<String> {
+    SECRETS.read().unwrap().clone()
+}
+
+fn shell_quote(s: &OsStr) -> String {
+    let s = s.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn describe_status(st: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!(
+            "killed by signal {}",
+            Signal::try_from(s)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| s.to_string())
+        ),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Which signal ended goldsmith's own run, if any (0 = none); the CLI turns it into the
+/// conventional exit code 128 + signal.
+pub static CANCELLED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// Look up a program on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn captures_stdout_and_fails_with_stderr_tail() {
+        let out = Cmd::new("sh").args(["-c", "echo hi"]).run().await.unwrap();
+        assert_eq!(out.stdout_str(), "hi\n");
+        let err = Cmd::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .run()
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("exit code 3"), "{msg}");
+        assert!(msg.contains("boom"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let marker = format!("gs-exec-test-{}", std::process::id());
+        let err = Cmd::new("sh")
+            .args(["-c", &format!("sleep 300 & exec -a {marker} sleep 301")])
+            .timeout(Duration::from_millis(300))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 30[01]"])
+            .output()
+            .unwrap();
+        // Only this test spawns sleeps of exactly these lengths.
+        assert!(
+            ps.stdout.is_empty(),
+            "leftover: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_are_redacted_in_errors() {
+        register_secret("hunter2-very-secret");
+        let err = Cmd::new("sh")
+            .args(["-c", "echo token=hunter2-very-secret >&2; exit 1"])
+            .run()
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains("hunter2-very-secret"), "{msg}");
+        assert!(msg.contains("token=***"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn stdin_bytes_reach_the_program() {
+        let out = Cmd::new("cat").stdin_bytes("abc").run().await.unwrap();
+        assert_eq!(out.stdout, b"abc");
+    }
+}

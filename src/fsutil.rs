@@ -1,0 +1,147 @@
+//! File-system helpers shared by every stage: atomic writes, locks, directory sizes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
+/// fsync of the directory. A reader sees the old file or the new one, never a half.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir)
+}
+
+/// [`atomic_write`] of pretty JSON with a trailing newline.
+pub fn atomic_write_json(path: &Path, v: &impl serde::Serialize) -> std::io::Result<()> {
+    let mut b = serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?;
+    b.push(b'\n');
+    atomic_write(path, &b)
+}
+
+/// Create `path` with `bytes` only if it does not exist yet (compare-and-swap on "absent").
+/// Returns `Ok(false)` when another writer got there first.
+pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // link(2) fails with EEXIST instead of replacing: exactly one creator wins.
+    match std::fs::hard_link(tmp.path(), path) {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// fsync a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Read and parse a JSON file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let b = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", path.display()))
+}
+
+/// An exclusive advisory lock on a file, held until dropped.
+pub struct FileLock {
+    _file: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl FileLock {
+    /// Block until the lock is ours.
+    pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Take the lock if it is free; `Ok(None)` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
+        use std::os::fd::AsRawFd;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: as above.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        }))
+    }
+}
+
+/// Size and sha256 of a file, streamed.
+pub fn sha256_file(p: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h)?;
+    Ok((n, hex::encode(h.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_new_has_one_winner() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        assert!(create_new(&p, b"a").unwrap());
+        assert!(!create_new(&p, b"b").unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"a");
+        // No temp files are left behind by either attempt.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/x.json");
+        atomic_write_json(&p, &serde_json::json!({"a": 1})).unwrap();
+        atomic_write(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+    }
+}

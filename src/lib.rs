@@ -1,0 +1,17 @@
+//! goldsmith: a nightly golden-image and VM-template build pipeline.
+//!
+//! Data flows one way through the stages, each taking the previous stage's value:
+//! recipe -> plan -> rootfs -> disk -> formats -> verify -> publish -> rollout.
+
+pub mod artifact;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod doctor;
+pub mod exec;
+pub mod fsutil;
+pub mod plan;
+pub mod recipe;
+
+/// The goldsmith version recorded in manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,132 @@
+//! Layer digests: a sha256 over a layer's canonical resolved form, the bytes of every
+//! file and script it brings, and its parent's digest.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::recipe::layer::{Bootstrap, GroupSpec, Repository, Services, UserSpec};
+use crate::recipe::{Layer, RenderedLayer};
+
+/// Bumped whenever the way a layer is applied changes, so old cache entries stop matching.
+pub const LAYER_FORMAT: u32 = 1;
+
+/// A package resolved for a layer: what apt will install, with its exact version.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub struct ResolvedPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+/// Everything that determines a layer's output, in a canonical order.
+#[derive(Serialize)]
+struct LayerInputs<'a> {
+    format: u32,
+    name: &'a str,
+    parent: Option<&'a str>,
+    bootstrap: Option<BootstrapInputs<'a>>,
+    repositories: &'a [Repository],
+    install: Vec<&'a str>,
+    remove: Vec<&'a str>,
+    files: Vec<FileInputs<'a>>,
+    scripts: Vec<ScriptInputs<'a>>,
+    services: &'a Services,
+    groups: &'a [GroupSpec],
+    users: &'a [UserSpec],
+    sysctl: &'a BTreeMap<String, String>,
+    secrets: Vec<&'a str>,
+    source_date_epoch: i64,
+    /// The full package set the layer ends up with (upstream-aware rebuilds).
+    resolved: Option<&'a [ResolvedPackage]>,
+}
+
+#[derive(Serialize)]
+struct BootstrapInputs<'a> {
+    def: &'a Bootstrap,
+    /// The mirror actually used (the layer's, the config's, or the host's).
+    mirror: &'a str,
+}
+
+#[derive(Serialize)]
+struct FileInputs<'a> {
+    dest: &'a str,
+    mode: u32,
+    owner: &'a str,
+    group: &'a str,
+    content: String,
+}
+
+#[derive(Serialize)]
+struct ScriptInputs<'a> {
+    name: &'a str,
+    sha256: String,
+    network: bool,
+    timeout_secs: u64,
+}
+
+/// What the digest of one layer is computed from, besides the layer itself.
+pub struct DigestContext<'a> {
+    pub parent: Option<&'a str>,
+    pub mirror: &'a str,
+    pub source_date_epoch: i64,
+    pub resolved: Option<&'a [ResolvedPackage]>,
+}
+
+/// The digest of `layer` as rendered for one image.
+pub fn layer_digest(layer: &Layer, rendered: &RenderedLayer, ctx: &DigestContext) -> String {
+    let def = &layer.def;
+    let inputs = LayerInputs {
+        format: LAYER_FORMAT,
+        name: &layer.name,
+        parent: ctx.parent,
+        bootstrap: def.bootstrap.as_ref().map(|b| BootstrapInputs {
+            def: b.get_ref(),
+            mirror: ctx.mirror,
+        }),
+        repositories: &def.repositories,
+        install: def.packages.install.iter().map(|p| p.get_ref().as_str()).collect(),
+        remove: def.packages.remove.iter().map(|p| p.get_ref().as_str()).collect(),
+        files: rendered
+            .files
+            .iter()
+            .map(|f| FileInputs {
+                dest: &f.dest,
+                mode: f.mode,
+                owner: &f.owner,
+                group: &f.group,
+                content: f.kind.digest(),
+            })
+            .collect(),
+        scripts: rendered
+            .scripts
+            .iter()
+            .map(|s| ScriptInputs {
+                name: &s.name,
+                sha256: hex::encode(Sha256::digest(&s.body)),
+                network: s.network,
+                timeout_secs: s.timeout_secs,
+            })
+            .collect(),
+        services: &def.services,
+        groups: &def.groups,
+        users: &def.users,
+        sysctl: &def.sysctl,
+        secrets: def.secrets.iter().map(|s| s.name.as_str()).collect(),
+        source_date_epoch: ctx.source_date_epoch,
+        resolved: ctx.resolved,
+    };
+    let bytes = serde_json::to_vec(&inputs).expect("layer inputs serialise");
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// sha256 of arbitrary bytes, hex.
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// The first 12 hex digits, for people.
+pub fn short(d: &str) -> &str {
+    &d[..d.len().min(12)]
+}
