@@ -11,7 +11,9 @@ pub mod doctor;
 pub mod exec;
 pub mod fsutil;
 pub mod plan;
+pub mod publish;
 pub mod recipe;
+pub mod store;
 
 /// The goldsmith version recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

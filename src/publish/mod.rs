@@ -1,0 +1,3 @@
+//! The publish stage: immutable versions, manifests, SBOMs, signatures, channels, targets.
+
+pub mod model;
