@@ -171,6 +171,10 @@ pub struct CheckResult {
     /// `builtin`, `layer NAME` or `image NAME`.
     pub origin: String,
     pub passed: bool,
+    /// Not run: the guest never became ready (then `passed` is false), or the check does
+    /// not apply to the format, e.g. a service check on an OCI image (`passed` is true).
+    #[serde(default)]
+    pub skipped: bool,
     pub duration_ms: u64,
     pub detail: String,
 }

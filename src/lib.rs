@@ -14,6 +14,7 @@ pub mod plan;
 pub mod publish;
 pub mod recipe;
 pub mod store;
+pub mod verify;
 
 /// The goldsmith version recorded in manifests.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
