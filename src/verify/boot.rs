@@ -27,6 +27,8 @@ use crate::recipe::{Format, SourcedCheck};
 pub const CONSOLE_TAIL_LINES: usize = 25;
 /// How long one `guest-sync` attempt waits before it is sent again.
 const SYNC_ATTEMPT: Duration = Duration::from_secs(2);
+/// Time kept back from the boot timeout to list the jobs a stuck boot waits for.
+const JOBS_GRACE: Duration = Duration::from_secs(5);
 
 /// What to boot and check.
 pub struct BootInput<'a> {
@@ -370,14 +372,20 @@ async fn guest_ready(
         .map(|s| s.to_string())
         .collect();
     let state = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        // Stop waiting a little before the boot deadline, so there is time left to ask
+        // systemd which jobs it is stuck on.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(JOBS_GRACE)
+            .max(Duration::from_secs(1));
         let out = match agent.exec(&argv, left).await {
             Ok(o) => o,
             Err(super::agent::AgentError::Timeout(_)) => {
                 let jobs = pending_jobs(&mut agent).await;
                 let reason =
                     format!(
-                    "systemd did not finish booting before the boot timeout; jobs still queued: {}",
+                    "systemd did not finish booting within the boot timeout ({}s); jobs still queued: {}",
+                    verify.boot_timeout_secs,
                     if jobs.is_empty() { "unknown".to_string() } else { jobs.clone() }
                 );
                 return Err(running_fail(reason.clone(), reason));

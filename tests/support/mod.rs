@@ -1,0 +1,4 @@
+//! Helpers shared by integration tests (`mod support;` in each test file).
+#![allow(dead_code)]
+
+pub mod verify;
