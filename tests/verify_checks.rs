@@ -217,7 +217,6 @@ http = { port = 8081 }"#,
     .await
     .unwrap();
 
-    eprintln!("{}", serde_json::to_string_pretty(&rec).unwrap());
     let boot = &rec.boots[0];
     assert!(boot.boot_secs.is_some(), "{boot:#?}");
     for (c, must_pass) in &cases {
@@ -265,7 +264,7 @@ http = { port = 8081 }"#,
         "{:?}",
         boot.failure
     );
-    assert_eq!(boot.accelerator_reason.is_empty(), false);
+    assert!(!boot.accelerator_reason.is_empty());
 
     // The record and console log are where publish and people look for them.
     let on_disk = goldsmith::artifact::VerifyRecord::load(&dir).unwrap();
