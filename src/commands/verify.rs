@@ -15,10 +15,7 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
     let image = recipes.image(&args.image)?;
     let host = HostSettings::from_config(&ctx.config);
-    let checks = ImageChecks {
-        checks: &image.checks,
-        verify: &image.def.verify,
-    };
+    let checks = ImageChecks::from(image);
     let (record, dir) = if let Some(path) = &args.artifact {
         if args.all_formats {
             return Err(UsageError(

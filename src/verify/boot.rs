@@ -54,6 +54,8 @@ struct NotReady {
     /// Which built-in check failed, with its detail (console tail etc).
     check: &'static str,
     detail: String,
+    /// When the agent answered, if it did.
+    agent_detail: Option<String>,
 }
 
 const CHECK_CONSOLE: &str = "console shows no kernel panic or emergency shell";
@@ -111,35 +113,26 @@ pub async fn boot_and_check(
     let ready_ms = ready_t.elapsed().as_millis() as u64;
     match ready {
         Err(nr) => {
-            // Record the built-ins up to the one that failed, then why.
+            // The built-ins before the one that failed passed; the later ones were not
+            // reached.
             let order = [CHECK_CONSOLE, CHECK_AGENT, CHECK_RUNNING];
-            for name in order {
-                if name == nr.check {
-                    rec.checks
-                        .push(builtin(name, false, nr.detail.clone(), ready_ms));
-                    break;
-                }
-                let ok_detail = if name == CHECK_CONSOLE {
-                    "no panic or emergency shell seen"
-                } else {
-                    "ok"
-                };
-                rec.checks.push(builtin(name, true, ok_detail.into(), 0));
-            }
-            if nr.check != CHECK_CONSOLE {
-                // The later built-ins were not reached.
-                let reached = order.iter().position(|n| *n == nr.check).unwrap_or(0);
-                for name in &order[reached + 1..] {
-                    let mut r = builtin(name, false, "not reached".into(), 0);
-                    r.skipped = true;
-                    rec.checks.push(r);
-                }
-            } else {
-                for name in &order[1..] {
-                    let mut r = builtin(name, false, "not reached".into(), 0);
-                    r.skipped = true;
-                    rec.checks.push(r);
-                }
+            let failed_at = order.iter().position(|n| *n == nr.check).unwrap_or(0);
+            for (i, name) in order.into_iter().enumerate() {
+                rec.checks.push(match i.cmp(&failed_at) {
+                    std::cmp::Ordering::Less => {
+                        let detail = match name {
+                            CHECK_CONSOLE => "no panic or emergency shell seen".to_string(),
+                            _ => nr.agent_detail.clone().unwrap_or_else(|| "ok".into()),
+                        };
+                        builtin(name, true, detail, 0)
+                    }
+                    std::cmp::Ordering::Equal => builtin(name, false, nr.detail.clone(), ready_ms),
+                    std::cmp::Ordering::Greater => {
+                        let mut r = builtin(name, false, "not reached".into(), 0);
+                        r.skipped = true;
+                        r
+                    }
+                });
             }
             not_run_all(
                 &mut rec,
@@ -242,16 +235,26 @@ async fn wait_ready(
     let timeout = Duration::from_secs(verify.boot_timeout_secs.max(1));
     let deadline = vm.started + timeout;
     let stage = Mutex::new("waiting for the guest agent");
+    let agent_note = Mutex::new(None);
     let port_open = Notify::new();
     let mut qmp = Qmp::connect(&vm.qmp_path).await.map_err(|e| NotReady {
         reason: format!("cannot talk to QEMU: {e}"),
         check: CHECK_AGENT,
         detail: e.to_string(),
+        agent_detail: None,
     })?;
     let agent_path = vm.agent_path.clone();
     let started = vm.started;
     let tail = |n| console.tail(n);
-    let guest = guest_ready(&agent_path, started, deadline, verify, &stage, &port_open);
+    let guest = guest_ready(
+        &agent_path,
+        started,
+        deadline,
+        verify,
+        &stage,
+        &agent_note,
+        &port_open,
+    );
     tokio::pin!(guest);
     let events = async {
         while let Some(ev) = qmp.next_event().await {
@@ -280,6 +283,7 @@ async fn wait_ready(
             reason: format!("{}: {}", f.what, f.line),
             check: CHECK_CONSOLE,
             detail: format!("{}: {}\nconsole ends with:\n{}", f.what, f.line, tail(CONSOLE_TAIL_LINES)),
+            agent_detail: None,
         }),
         why = events => {
             // Give the console a moment to show the panic text that usually explains it.
@@ -288,6 +292,7 @@ async fn wait_ready(
                 reason: why.clone(),
                 check: CHECK_CONSOLE,
                 detail: format!("{why}\nconsole ends with:\n{}", tail(CONSOLE_TAIL_LINES)),
+                agent_detail: None,
             })
         }
         st = vm.wait_exit() => {
@@ -301,6 +306,7 @@ async fn wait_ready(
                 reason: reason.clone(),
                 check,
                 detail: format!("{reason}\nQEMU stderr: {}\nconsole ends with:\n{}", stderr.trim(), tail(CONSOLE_TAIL_LINES)),
+                agent_detail: agent_note.lock().unwrap().clone(),
             })
         }
         _ = tokio::time::sleep_until(deadline) => {
@@ -316,6 +322,7 @@ async fn wait_ready(
                 reason: reason.clone(),
                 check,
                 detail: format!("{reason}\nconsole ends with:\n{}", tail(CONSOLE_TAIL_LINES)),
+                agent_detail: agent_note.lock().unwrap().clone(),
             })
         }
     }
@@ -328,12 +335,14 @@ async fn guest_ready(
     deadline: Instant,
     verify: &VerifyDef,
     stage: &Mutex<&'static str>,
+    agent_note: &Mutex<Option<String>>,
     port_open: &Notify,
 ) -> Result<Ready, NotReady> {
     let agent_fail = |reason: String| NotReady {
         reason: reason.clone(),
         check: CHECK_AGENT,
         detail: reason,
+        agent_detail: None,
     };
     let mut agent = Agent::connect(agent_path)
         .await
@@ -360,11 +369,14 @@ async fn guest_ready(
     }
     agent.ping().await.map_err(|e| agent_fail(e.to_string()))?;
     let agent_secs = started.elapsed().as_secs_f64();
+    let agent_detail = format!("answered after {agent_secs:.1}s");
     *stage.lock().unwrap() = "the guest agent answered, systemd was still starting units";
+    *agent_note.lock().unwrap() = Some(agent_detail.clone());
     let running_fail = |reason: String, detail: String| NotReady {
         reason,
         check: CHECK_RUNNING,
         detail,
+        agent_detail: Some(agent_detail.clone()),
     };
     // `--wait` returns once the boot job queue is empty; the state it prints is final.
     let argv: Vec<String> = ["systemctl", "is-system-running", "--wait"]
@@ -401,7 +413,6 @@ async fn guest_ready(
         break s;
     };
     let boot_secs = started.elapsed().as_secs_f64();
-    let agent_detail = format!("answered after {agent_secs:.1}s");
     match state.as_str() {
         "running" => Ok(Ready {
             agent,

@@ -128,6 +128,15 @@ pub struct ImageChecks<'a> {
     pub verify: &'a VerifyDef,
 }
 
+impl<'a> From<&'a crate::recipe::Image> for ImageChecks<'a> {
+    fn from(image: &'a crate::recipe::Image) -> Self {
+        ImageChecks {
+            checks: &image.checks,
+            verify: &image.def.verify,
+        }
+    }
+}
+
 /// Verify a build: boot each of `formats` (OCI: structural check) and write
 /// `verify.json` and the console logs into `build_dir`.
 pub async fn run(
