@@ -26,7 +26,8 @@ pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
 /// `goldsmith plan`.
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
-    let p = plan::make(&recipes, &args.images, &plan::NoCache, &plan::NoResolve)?;
+    let cache = crate::rootfs::cache::LayerCache::open(&ctx.config.cache_dir());
+    let p = plan::make(&recipes, &args.images, &cache, &plan::NoResolve)?;
     if ctx.global.json {
         ctx.print_json(&plan::to_json(&p, &recipes))?;
     } else {
