@@ -109,6 +109,10 @@ pub struct BuildArgs {
     /// Run one build unit of a plan (`goldsmith plan --matrix`).
     #[arg(long)]
     pub unit: Option<String>,
+    /// Assemble the disk and formats again even when nothing changed (layers still come
+    /// from the cache).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub offline: bool,
     #[arg(long)]

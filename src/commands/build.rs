@@ -25,7 +25,7 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
     };
     let mut outcomes = Vec::new();
     for n in &names {
-        let o = build::build_image(&bctx, n, &args.formats, false).await?;
+        let o = build::build_image(&bctx, n, &args.formats, args.force).await?;
         if !ctx.global.json {
             say(&summary(&o));
         }

@@ -39,13 +39,19 @@ pub async fn assemble(spec: &DiskSpec<'_>, tree: &Path, out: &Path) -> anyhow::R
     let l = layout::layout(spec.disk_mib, spec.esp_mib, spec.content_digest)
         .map_err(|m| anyhow::anyhow!("image {}: {m}", spec.image))?;
     check_fits(spec, tree, &l)?;
+    let fstab = tree.join("etc/fstab");
+    let etc_mtime = filetime::FileTime::from_last_modification_time(&tree.join("etc").metadata()?);
     std::fs::write(
-        tree.join("etc/fstab"),
+        &fstab,
         format!(
             "# goldsmith: the root file system, found by partition UUID\nPARTUUID={} / ext4 rw,errors=remount-ro 0 1\n",
             l.root.uuid
         ),
     )?;
+    // Like every file of the tree, fstab carries SOURCE_DATE_EPOCH, not the build time.
+    let t = filetime::FileTime::from_unix_time(spec.sde, 0);
+    filetime::set_symlink_file_times(&fstab, t, t)?;
+    filetime::set_symlink_file_times(tree.join("etc"), etc_mtime, etc_mtime)?;
     let boot = esp::find_boot_files(tree, spec.image)?;
     let mut cmdline = format!("root=PARTUUID={} rw", l.root.uuid);
     for c in spec.cmdline {

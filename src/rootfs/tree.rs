@@ -316,7 +316,20 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
     a.set_preserve_mtime(true);
     a.set_unpack_xattrs(true);
     a.set_overwrite(true);
-    let mut dirs: Vec<(PathBuf, u64)> = Vec::new();
+    // Creating or removing entries moves their parent directory's mtime. Directories in
+    // the tar get the tar's mtime back; parents that are not in it (a file rewritten in
+    // place by the layer) get the mtime they had before, so an extracted tree matches the
+    // tree the layer was built on.
+    let mut dir_times: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
+    let mut parents_before: HashMap<PathBuf, filetime::FileTime> = HashMap::new();
+    let mut remember_parent = |rel: &Path| {
+        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        if let std::collections::hash_map::Entry::Vacant(v) = parents_before.entry(parent) {
+            if let Ok(m) = root.join(v.key()).symlink_metadata() {
+                v.insert(filetime::FileTime::from_last_modification_time(&m));
+            }
+        }
+    };
     let mut n = 0;
     for entry in a.entries()? {
         let mut entry = entry?;
@@ -338,9 +351,11 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
                 .parent()
                 .unwrap_or(Path::new(""))
                 .join(OsStr::from_bytes(hidden));
+            remember_parent(&target);
             remove_any(&root.join(target))?;
             continue;
         }
+        remember_parent(&rel);
         let dest = root.join(&rel);
         let is_dir = entry.header().entry_type() == tar::EntryType::Directory;
         if let Ok(existing) = dest.symlink_metadata() {
@@ -349,15 +364,28 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
             }
         }
         if is_dir {
-            dirs.push((rel.clone(), entry.header().mtime().unwrap_or(0)));
+            let t =
+                filetime::FileTime::from_unix_time(entry.header().mtime().unwrap_or(0) as i64, 0);
+            dir_times.insert(rel.clone(), t);
         }
         entry.unpack_in(root)?;
     }
-    // Creating children moved the directories' mtimes; put them back, deepest first.
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
-    for (rel, mtime) in dirs {
-        let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-        filetime::set_symlink_file_times(root.join(rel), t, t)?;
+    for (p, t) in parents_before {
+        dir_times.entry(p).or_insert(t);
+    }
+    // Deepest first, so setting a child's time does not disturb its parent again.
+    let mut dirs: Vec<(PathBuf, filetime::FileTime)> = dir_times.into_iter().collect();
+    dirs.sort_by(|a, b| {
+        b.0.components()
+            .count()
+            .cmp(&a.0.components().count())
+            .then(b.0.cmp(&a.0))
+    });
+    for (rel, t) in dirs {
+        let p = root.join(rel);
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            filetime::set_symlink_file_times(p, t, t)?;
+        }
     }
     Ok(n)
 }

@@ -30,6 +30,7 @@ impl Project {
     /// The bundled example (recipes, images, goldsmith.toml), with the shared cache and a
     /// private build directory and store.
     pub fn example() -> Project {
+        prune_old_projects();
         let dir = tempfile::Builder::new()
             .prefix("gs-test-")
             .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -165,4 +166,27 @@ pub fn processes_matching(needle: &str) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// Remove test projects an earlier run left behind (tests sharing a project through a
+/// static never drop it). Only folders older than two hours go, so a concurrent run's
+/// projects stay.
+fn prune_old_projects() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(rd) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 7200);
+            if old && e.file_name().to_string_lossy().starts_with("gs-test-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
 }
