@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod plan;
 pub mod publish;
 pub mod recipe;
+pub mod rollout;
 pub mod store;
 
 /// The goldsmith version recorded in manifests.
