@@ -33,7 +33,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(global: Global) -> anyhow::Result<Ctx> {
-        let explicit = global.config != std::path::Path::new("goldsmith.toml");
+        let explicit = global.config.as_path() != std::path::Path::new("goldsmith.toml");
         let config = Config::load(&global.config, explicit)?;
         let vars = global
             .vars
