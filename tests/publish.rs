@@ -84,7 +84,7 @@ fn publish_list_fetch_with_signature_check() {
         .json();
     assert_eq!(got["signature"], "verified");
     let fdir = dest.join("web").join(&version);
-    assert_eq!(Path::new(got["dir"].as_str().unwrap()), fdir);
+    assert_eq!(p.root().join(got["dir"].as_str().unwrap()), fdir);
     assert_eq!(
         sha256(&fdir.join("web.qcow2")),
         b.record.artifacts[0].sha256

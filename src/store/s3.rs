@@ -117,7 +117,11 @@ impl S3Store {
     fn err(&self, key: &str, message: impl Into<String>) -> StoreError {
         StoreError::Backend {
             store: self.describe(),
-            key: key.to_string(),
+            key: if key.is_empty() {
+                "(listing)".to_string()
+            } else {
+                key.to_string()
+            },
             message: message.into(),
         }
     }
@@ -152,6 +156,7 @@ impl S3Store {
         Fut: std::future::Future<Output = Result<T, object_store::Error>>,
     {
         let attempts = AtomicU32::new(0);
+        let label = if key.is_empty() { "(listing)" } else { key };
         let mut op = op;
         let r = (|| {
             attempts.fetch_add(1, Ordering::SeqCst);
@@ -161,15 +166,30 @@ impl S3Store {
         .when(is_transient)
         .notify(|e, dur| {
             tracing::warn!(
-                "{}: {key}: {}; retrying in {:.1}s",
+                "{}: {label}: {}; retrying in {:.1}s",
                 self.describe(),
                 exec::redact(&error_chain(e)),
                 dur.as_secs_f64()
             )
         })
-        .await
-        .map_err(|e| self.map_err(key, e));
-        (r, attempts.load(Ordering::SeqCst))
+        .await;
+        let n = attempts.load(Ordering::SeqCst);
+        let r = r.map_err(|e| {
+            let transient = is_transient(&e);
+            match self.map_err(key, e) {
+                StoreError::Backend {
+                    store,
+                    key,
+                    message,
+                } if transient => StoreError::Backend {
+                    store,
+                    key,
+                    message: format!("{message} (gave up after {n} attempts)"),
+                },
+                other => other,
+            }
+        });
+        (r, n)
     }
 
     /// A conditional put whose request was retried may have succeeded the first time
