@@ -557,8 +557,20 @@ fn gc_keeps_what_channels_need_and_removes_debris() {
 #[test]
 fn tampered_files_fail_fetch_naming_the_file() {
     let p = project();
-    fake_build(&p, &BuildSpec::new("web", "t"));
+    let b = fake_build(&p, &BuildSpec::new("web", "t"));
     publish(&p, &["--version", "1.0.0"]);
+    // Writing into the build's disk image in place (as a developer's boot might) does
+    // not reach the published copy.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(b.dir.join("web.qcow2"))
+            .unwrap();
+        f.write_all(b"booted and changed").unwrap();
+    }
+    p.run(&["fetch", "web", "1.0.0", "--dest", "first"])
+        .expect(0);
     let blob = std::fs::read_dir(p.path("artifacts/web/1.0.0/oci/blobs/sha256"))
         .unwrap()
         .next()
