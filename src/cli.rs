@@ -193,9 +193,12 @@ pub struct FetchArgs {
     pub image: String,
     /// Version or channel name.
     pub version: String,
-    /// Where to put the files.
+    /// Where to put the files (they land in DEST/IMAGE/VERSION/).
     #[arg(long, default_value = ".")]
     pub dest: PathBuf,
+    /// Fetch even a revoked version (for forensics).
+    #[arg(long)]
+    pub allow_revoked: bool,
 }
 
 #[derive(Debug, Args)]

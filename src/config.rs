@@ -137,6 +137,20 @@ pub struct S3Def {
     pub access_key_env: String,
     #[serde(default = "d_secret_env")]
     pub secret_key_env: String,
+    /// Environment variable holding a session token (used only when it is set).
+    #[serde(default = "d_token_env")]
+    pub session_token_env: String,
+    /// Attempts per request before a store that is down fails the command (backoff
+    /// between attempts grows from 200 ms to 10 s).
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+}
+
+fn d_token_env() -> String {
+    "AWS_SESSION_TOKEN".into()
+}
+fn d_attempts() -> u32 {
+    5
 }
 
 fn d_region() -> String {

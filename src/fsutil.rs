@@ -82,6 +82,29 @@ impl FileLock {
         })
     }
 
+    /// Block until a shared lock is ours (other shared holders are fine; an exclusive
+    /// holder is waited for).
+    pub fn acquire_shared(path: &Path) -> std::io::Result<FileLock> {
+        use std::os::fd::AsRawFd;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
     /// Take the lock if it is free; `Ok(None)` when someone else holds it.
     pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
         use std::os::fd::AsRawFd;
