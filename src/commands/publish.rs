@@ -22,15 +22,65 @@ use crate::publish::{
     self, channel, fetch as pfetch, flow, gc as pgc, layout, sign, target, ChannelObserver,
     NoObserver, PublishError, PublishOutcome, PublishRequest,
 };
+use crate::rollout;
 use crate::store::{self, Store};
 
 /// Uncommitted folders younger than this are left alone by gc (a publish on another
 /// host may still be uploading them).
 const GC_GRACE: Duration = Duration::from_secs(3600);
 
-/// The observer told about channel moves. Rollout plugs in here.
-fn observer(_ctx: &Ctx) -> anyhow::Result<Arc<dyn ChannelObserver>> {
-    Ok(Arc::new(NoObserver))
+/// Tells rollout about every channel move: events go to the outbox, then to the sinks.
+struct RolloutObserver {
+    config: crate::config::Config,
+    store: Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl ChannelObserver for RolloutObserver {
+    async fn channel_moved(&self, moves: &[ChannelMove]) -> anyhow::Result<()> {
+        let out = rollout::on_channel_moves(&self.config, self.store.as_ref(), moves).await?;
+        report_rollout(&out);
+        Ok(())
+    }
+}
+
+/// Log what rollout did (stdout stays the command's own report).
+pub(crate) fn report_rollout(out: &rollout::RolloutOutcome) {
+    for e in &out.events {
+        tracing::info!(
+            "rollout event {} for host group {}",
+            crate::plan::short(&e.id),
+            e.group
+        );
+    }
+    for d in &out.deliveries {
+        tracing::info!(
+            "rollout {} -> {} ({}): {}{}",
+            crate::plan::short(&d.event_id),
+            d.sink,
+            d.group,
+            d.status.as_str(),
+            d.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// The observer told about channel moves: rollout when an inventory is configured.
+/// Before anything moves, rollout catches up on moves an earlier run could not report
+/// (and a broken inventory fails the command here, before a pointer moved).
+async fn observer(ctx: &Ctx, store: &Arc<dyn Store>) -> anyhow::Result<Arc<dyn ChannelObserver>> {
+    if rollout::inventory::load(&ctx.config)?.is_none() {
+        return Ok(Arc::new(NoObserver));
+    }
+    let caught_up = rollout::heads::reconcile_store(&ctx.config, store.as_ref()).await?;
+    report_rollout(&caught_up);
+    Ok(Arc::new(RolloutObserver {
+        config: ctx.config.clone(),
+        store: store.clone(),
+    }))
 }
 
 fn open_store(ctx: &Ctx) -> anyhow::Result<Arc<dyn Store>> {
@@ -96,7 +146,7 @@ pub async fn publish(ctx: &Ctx, args: PublishArgs) -> anyhow::Result<u8> {
         .map(|t| t.get_ref().clone())
         .collect();
     let targets = target::from_config(&ctx.config, &names)?;
-    let observer = observer(ctx)?;
+    let observer = observer(ctx, &store).await?;
     let _lock = publish_lock(ctx).await?;
     let req = PublishRequest {
         image: args.image.clone(),
@@ -173,7 +223,7 @@ pub async fn promote(ctx: &Ctx, args: PromoteArgs) -> anyhow::Result<u8> {
         Err(sign::SignError::NoPublicKey) => None,
         Err(e) => return Err(e.into()),
     };
-    let observer = observer(ctx)?;
+    let observer = observer(ctx, &store).await?;
     let _lock = publish_lock(ctx).await?;
     let mv = lifecycle::promote(
         &*store,
@@ -204,7 +254,7 @@ pub async fn promote(ctx: &Ctx, args: PromoteArgs) -> anyhow::Result<u8> {
 
 pub async fn revoke(ctx: &Ctx, args: RevokeArgs) -> anyhow::Result<u8> {
     let store = open_store(ctx)?;
-    let observer = observer(ctx)?;
+    let observer = observer(ctx, &store).await?;
     let _lock = publish_lock(ctx).await?;
     let out = lifecycle::revoke(
         &*store,

@@ -1,13 +1,11 @@
 //! `goldsmith rollout pending|history|retry`.
 
-use super::{say, Ctx, UsageError};
+use super::{say, Ctx};
 use crate::cli::RolloutCommand;
 use crate::rollout::{self, outbox::DeliveryStatus, DeliverOptions, EventStatus};
-use crate::store::local::LocalStore;
-use crate::store::Store;
 
 pub async fn rollout(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<u8> {
-    let store = open_store(ctx)?;
+    let store = crate::store::open(&ctx.config)?;
     let store = store.as_ref();
     match cmd {
         RolloutCommand::Pending => {
@@ -24,6 +22,9 @@ pub async fn rollout(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<u8> {
             // Validate the inventory and sinks first: a typo should not look like a
             // receiver that is down.
             rollout::inventory::load(&ctx.config)?;
+            // A channel that moved while goldsmith died before writing its events gets
+            // them now.
+            rollout::heads::reconcile_store(&ctx.config, store).await?;
             let out = rollout::deliver_pending(
                 &ctx.config,
                 store,
@@ -63,17 +64,6 @@ pub async fn rollout(ctx: &Ctx, cmd: RolloutCommand) -> anyhow::Result<u8> {
             Ok(if open == 0 { 0 } else { 1 })
         }
     }
-}
-
-/// The artifact store from goldsmith.toml.
-// The S3 backend arrives with its own opener; this one only knows the local store.
-fn open_store(ctx: &Ctx) -> anyhow::Result<Box<dyn Store>> {
-    if ctx.config.def.store.s3.is_some() {
-        return Err(
-            UsageError("store.s3: the S3 store is not available in this build yet".into()).into(),
-        );
-    }
-    Ok(Box::new(LocalStore::new(ctx.config.store_dir())))
 }
 
 fn short(id: &str) -> &str {

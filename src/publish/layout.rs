@@ -22,6 +22,8 @@ use crate::store::{Store, StoreError};
 
 /// Top-level folder of the channel pointers (so no image may be called this).
 pub const CHANNELS: &str = "channels";
+/// Top-level store folders that are not images (channel pointers, the rollout outbox).
+pub const RESERVED: &[&str] = &[CHANNELS, "rollout"];
 pub const MANIFEST: &str = "manifest.json";
 pub const SIGNATURE: &str = "manifest.json.minisig";
 pub const CLAIM: &str = "CLAIM";
@@ -113,7 +115,7 @@ pub async fn images(store: &dyn Store) -> Result<Vec<String>, StoreError> {
         .list_dirs("")
         .await?
         .into_iter()
-        .filter(|d| d != CHANNELS)
+        .filter(|d| !RESERVED.contains(&d.as_str()))
         .collect())
 }
 

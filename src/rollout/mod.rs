@@ -8,6 +8,7 @@
 //! `goldsmith rollout retry`.
 
 pub mod event;
+pub mod heads;
 pub mod inventory;
 pub mod outbox;
 pub mod sinks;
@@ -172,6 +173,10 @@ pub async fn reconcile(
             old: cursor.map(|c| c.manifest),
             new: h.manifest.clone(),
         });
+    }
+    if moves.is_empty() {
+        // Nothing was lost; delivering what is pending is the caller's business.
+        return Ok(RolloutOutcome::default());
     }
     on_channel_moves(config, store, &moves).await
 }
