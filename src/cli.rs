@@ -19,7 +19,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Project configuration.
-    #[arg(long, global = true, default_value = "goldsmith.toml", env = "GOLDSMITH_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "goldsmith.toml",
+        env = "GOLDSMITH_CONFIG"
+    )]
     pub config: PathBuf,
     /// Machine-readable output (JSON; JSON lines for streams).
     #[arg(long, global = true)]
@@ -104,6 +109,10 @@ pub struct BuildArgs {
     /// Run one build unit of a plan (`goldsmith plan --matrix`).
     #[arg(long)]
     pub unit: Option<String>,
+    /// Assemble the disk and formats again even when nothing changed (layers still come
+    /// from the cache).
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub offline: bool,
     #[arg(long)]
@@ -184,9 +193,12 @@ pub struct FetchArgs {
     pub image: String,
     /// Version or channel name.
     pub version: String,
-    /// Where to put the files.
+    /// Where to put the files (they land in DEST/IMAGE/VERSION/).
     #[arg(long, default_value = ".")]
     pub dest: PathBuf,
+    /// Fetch even a revoked version (for forensics).
+    #[arg(long)]
+    pub allow_revoked: bool,
 }
 
 #[derive(Debug, Args)]

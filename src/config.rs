@@ -137,6 +137,20 @@ pub struct S3Def {
     pub access_key_env: String,
     #[serde(default = "d_secret_env")]
     pub secret_key_env: String,
+    /// Environment variable holding a session token (used only when it is set).
+    #[serde(default = "d_token_env")]
+    pub session_token_env: String,
+    /// Attempts per request before a store that is down fails the command (backoff
+    /// between attempts grows from 200 ms to 10 s).
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+}
+
+fn d_token_env() -> String {
+    "AWS_SESSION_TOKEN".into()
+}
+fn d_attempts() -> u32 {
+    5
 }
 
 fn d_region() -> String {
@@ -273,8 +287,20 @@ pub struct WebhookSink {
     pub secret_env: String,
     #[serde(default = "d_webhook_timeout")]
     pub timeout_secs: u64,
+    /// Attempts per run (the first try included); what is still undelivered then stays
+    /// pending for the next run or `goldsmith rollout retry`.
     #[serde(default = "d_webhook_attempts")]
     pub max_attempts: u32,
+    /// First backoff delay; it doubles per attempt, with random jitter.
+    #[serde(default = "d_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// Longest backoff delay.
+    #[serde(default = "d_backoff_max_secs")]
+    pub backoff_max_secs: u64,
+    /// Longest `Retry-After` this run waits for; a receiver asking for more gets the
+    /// event on the next run.
+    #[serde(default = "d_retry_after_max_secs")]
+    pub retry_after_max_secs: u64,
 }
 
 fn d_webhook_timeout() -> u64 {
@@ -282,6 +308,15 @@ fn d_webhook_timeout() -> u64 {
 }
 fn d_webhook_attempts() -> u32 {
     6
+}
+fn d_backoff_min_ms() -> u64 {
+    1000
+}
+fn d_backoff_max_secs() -> u64 {
+    60
+}
+fn d_retry_after_max_secs() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -368,6 +403,24 @@ impl Config {
             if n != 1 {
                 return Err(self.file_error(format!(
                     "sinks.{name}: set exactly one of 'webhook', 'terraform', 'command'"
+                )));
+            }
+            if let Some(w) = &s.webhook {
+                if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                    return Err(self.file_error(format!(
+                        "sinks.{name}.webhook.url: '{}' is not an http:// or https:// URL",
+                        w.url
+                    )));
+                }
+                if w.max_attempts == 0 {
+                    return Err(self.file_error(format!(
+                        "sinks.{name}.webhook.max_attempts: must be at least 1"
+                    )));
+                }
+            }
+            if s.command.as_ref().is_some_and(|c| c.argv.is_empty()) {
+                return Err(self.file_error(format!(
+                    "sinks.{name}.command.argv: needs at least the program"
                 )));
             }
         }

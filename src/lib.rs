@@ -4,15 +4,20 @@
 //! recipe -> plan -> rootfs -> disk -> formats -> verify -> publish -> rollout.
 
 pub mod artifact;
+pub mod build;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod disk;
 pub mod doctor;
 pub mod exec;
+pub mod format;
 pub mod fsutil;
 pub mod plan;
 pub mod publish;
 pub mod recipe;
+pub mod rollout;
+pub mod rootfs;
 pub mod store;
 pub mod verify;
 

@@ -2,20 +2,42 @@
 
 use super::{say, Ctx};
 use crate::cli::PlanArgs;
-use crate::{doctor, plan};
+use crate::recipe::ConfigErrors;
+use crate::{doctor, plan, rollout};
 
-/// `goldsmith validate`.
+/// `goldsmith validate`: recipes, images and, when configured, the inventory; every
+/// error of all of them at once.
 pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
-    let recipes = ctx.recipes()?;
+    let recipes = ctx.recipes();
+    let inventory = rollout::inventory::load(&ctx.config);
+    let (recipes, inventory) = match (recipes, inventory) {
+        (Ok(r), Ok(i)) => (r, i),
+        (r, i) => {
+            let mut errs = ConfigErrors::default();
+            if let Err(e) = r {
+                errs.extend(e);
+            }
+            if let Err(e) = i {
+                errs.extend(e);
+            }
+            return Err(errs.into());
+        }
+    };
+    let groups: Vec<&String> = inventory.iter().flat_map(|i| i.groups.keys()).collect();
     if ctx.global.json {
         ctx.print_json(&serde_json::json!({
             "ok": true,
             "layers": recipes.layers.keys().collect::<Vec<_>>(),
             "images": recipes.images.keys().collect::<Vec<_>>(),
+            "host_groups": groups,
         }))?;
     } else {
+        let inv = match &inventory {
+            Some(_) => format!(", {} host group(s)", groups.len()),
+            None => String::new(),
+        };
         say(&format!(
-            "ok: {} layer(s), {} image(s) valid\n",
+            "ok: {} layer(s), {} image(s){inv} valid\n",
             recipes.layers.len(),
             recipes.images.len()
         ));
@@ -26,7 +48,8 @@ pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
 /// `goldsmith plan`.
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
-    let p = plan::make(&recipes, &args.images, &plan::NoCache, &plan::NoResolve)?;
+    let cache = crate::rootfs::cache::LayerCache::open(&ctx.config.cache_dir());
+    let p = plan::make(&recipes, &args.images, &cache, &plan::NoResolve)?;
     if ctx.global.json {
         ctx.print_json(&plan::to_json(&p, &recipes))?;
     } else {

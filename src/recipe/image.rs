@@ -125,6 +125,9 @@ pub struct DiskDef {
     /// EFI system partition size in MiB.
     #[serde(default = "default_esp_mib")]
     pub esp_mib: u64,
+    /// qcow2 compression: `zstd` (fast; QEMU >= 5.1 reads it) or `zlib` (older consumers).
+    #[serde(default = "default_qcow2_compression")]
+    pub qcow2_compression: Spanned<String>,
 }
 
 impl Default for DiskDef {
@@ -133,6 +136,7 @@ impl Default for DiskDef {
             size: default_disk_size(),
             boot: default_boot(),
             esp_mib: default_esp_mib(),
+            qcow2_compression: default_qcow2_compression(),
         }
     }
 }
@@ -145,6 +149,9 @@ fn default_boot() -> Spanned<String> {
 }
 fn default_esp_mib() -> u64 {
     128
+}
+fn default_qcow2_compression() -> Spanned<String> {
+    Spanned::new(0..0, "zstd".into())
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -129,11 +129,18 @@ impl SourceFile {
                 .span()
                 .map(|s| line_col_of(&self.text, s.start))
                 .unwrap_or((0, 0));
+            let mut message = tidy_toml_message(e.message());
+            // Type errors point at a value without naming its key; name it.
+            if !message.contains("field") {
+                if let Some(key) = e.span().and_then(|s| key_at(&self.text, s.start)) {
+                    message = format!("{key}: {message}");
+                }
+            }
             ConfigError {
                 file: self.display.clone(),
                 line,
                 col,
-                message: tidy_toml_message(e.message()),
+                message,
             }
         })
     }
@@ -172,8 +179,36 @@ pub fn line_col_of(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
+}
+
+/// The dotted key whose value starts at `offset` (`disk.size`), from the `key =` on that
+/// line and the nearest `[table]` header above it.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let before = &text[line_start..offset];
+    let (key, _) = before.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
 }
 
 /// serde writes field names in backticks; messages read better with plain quotes.
@@ -184,6 +219,16 @@ fn tidy_toml_message(m: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_of_values() {
+        let t = "a = 1\n[disk]\nsize = 2048\n";
+        assert_eq!(
+            key_at(t, t.find("2048").unwrap()).as_deref(),
+            Some("disk.size")
+        );
+        assert_eq!(key_at(t, 4).as_deref(), Some("a"));
+    }
 
     #[test]
     fn line_and_column() {

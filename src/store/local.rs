@@ -134,20 +134,20 @@ impl Store for LocalStore {
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let dir = dest.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| me.err(&k, e.to_string()))?;
-            // A hard link costs nothing when the build dir shares the store's file system;
-            // otherwise copy to a temp name (sparse-aware via std's copy_file_range) and rename.
+            // Always a copy, never a hard link: a link would share the inode with the
+            // build directory, and anything writing into the build's disk image later
+            // (a developer's `goldsmith boot`) would change a published, immutable
+            // version. Copy to a temp name (std's copy_file_range) and rename.
             let tmp = dir.join(format!(
                 ".tmp-{}-{}",
                 std::process::id(),
                 dest.file_name().unwrap_or_default().to_string_lossy()
             ));
             let _ = std::fs::remove_file(&tmp);
-            if std::fs::hard_link(&src, &tmp).is_err() {
-                std::fs::copy(&src, &tmp).map_err(|e| me.err(&k, e.to_string()))?;
-                std::fs::File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| me.err(&k, e.to_string()))?;
-            }
+            std::fs::copy(&src, &tmp).map_err(|e| me.err(&k, e.to_string()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| me.err(&k, e.to_string()))?;
             std::fs::rename(&tmp, &dest).map_err(|e| me.err(&k, e.to_string()))?;
             fsutil::sync_dir(dir).map_err(|e| me.err(&k, e.to_string()))
         })
@@ -256,7 +256,10 @@ mod tests {
             .await
             .unwrap_err()
             .is_conflict());
-        let e2 = s.put_if_match("a/b.json", b"3".to_vec(), &e1).await.unwrap();
+        let e2 = s
+            .put_if_match("a/b.json", b"3".to_vec(), &e1)
+            .await
+            .unwrap();
         assert!(s
             .put_if_match("a/b.json", b"4".to_vec(), &e1)
             .await

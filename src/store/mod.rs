@@ -6,8 +6,12 @@
 //! atomic: a reader sees the old object or the new one, never a partial write.
 
 pub mod local;
+pub mod s3;
 
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Config;
 
 /// An entity tag: changes whenever the object's content changes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,6 +37,9 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    /// The store cannot be used as configured (e.g. credentials missing).
+    #[error("{store}: {message}")]
+    Setup { store: String, message: String },
 }
 
 impl StoreError {
@@ -69,13 +76,40 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Remove an object (missing is not an error).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The names of the immediate sub-folders of `folder` (`""` for the root, else
+    /// `/`-terminated), sorted. Backends with a delimiter listing override this.
+    async fn list_dirs(&self, folder: &str) -> Result<Vec<String>, StoreError> {
+        let mut dirs: Vec<String> = self
+            .list(folder)
+            .await?
+            .iter()
+            .filter_map(|k| {
+                let rest = &k[folder.len()..];
+                rest.split_once('/').map(|(d, _)| d.to_string())
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        Ok(dirs)
+    }
+}
+
+/// Open the artifact store `goldsmith.toml` configures: `[store.s3]` when set, else the
+/// local directory `store.path`.
+pub fn open(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.def.store.s3 {
+        Some(def) => Ok(Arc::new(s3::S3Store::new(def, "store")?)),
+        None => Ok(Arc::new(local::LocalStore::new(config.store_dir()))),
+    }
 }
 
 /// Reject keys that could escape a local store or confuse S3.
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
     {
         return Err(format!("invalid store key '{key}'"));
     }

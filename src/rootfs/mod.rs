@@ -1,0 +1,285 @@
+//! The rootfs stage: bring every layer of an image into the layer cache (bootstrapping
+//! the base, applying the others), reusing cached layers, and materialise the image's
+//! tree when a later stage needs the files.
+
+pub mod apply;
+pub mod bootstrap;
+pub mod cache;
+pub mod clean;
+pub mod dpkg;
+pub mod sandbox;
+pub mod tree;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::artifact::LayerRecord;
+use crate::plan::{self, Resolver};
+use crate::recipe::Recipes;
+use cache::{CacheError, LayerCache, LayerMeta};
+
+/// What the rootfs stage needs.
+pub struct RootfsCtx<'a> {
+    pub recipes: &'a Recipes,
+    pub cache: &'a LayerCache,
+    pub resolver: &'a dyn Resolver,
+    pub sde: i64,
+    pub step_timeout: Duration,
+    /// Build-time secrets (name, value) for layer scripts.
+    pub secrets: &'a [(String, Vec<u8>)],
+}
+
+/// One layer as the build saw it.
+#[derive(Debug, Clone)]
+pub struct LayerOutcome {
+    pub record: LayerRecord,
+    pub meta: LayerMeta,
+}
+
+/// The image's layers, all in the cache.
+#[derive(Debug)]
+pub struct Layers {
+    pub image: String,
+    pub layers: Vec<LayerOutcome>,
+}
+
+impl Layers {
+    /// The installed packages of the finished image.
+    pub fn packages(&self) -> Vec<plan::ResolvedPackage> {
+        self.layers
+            .last()
+            .map(|l| l.meta.packages.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A working tree in a temp folder next to the cache (removed when dropped).
+pub struct WorkTree {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl WorkTree {
+    fn new(cache: &LayerCache, image: &str) -> std::io::Result<WorkTree> {
+        let work = cache.root().join("work");
+        std::fs::create_dir_all(&work)?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{image}-"))
+            .tempdir_in(work)?;
+        let path = dir.path().join("tree");
+        std::fs::create_dir(&path)?;
+        Ok(WorkTree { _dir: dir, path })
+    }
+}
+
+/// Make sure every layer of `image` is cached, building what is missing.
+pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<Layers> {
+    let img = ctx.recipes.image(image)?;
+    let n = img.layers.len();
+    let mut outcomes: Vec<LayerOutcome> = Vec::new();
+    let mut tree: Option<WorkTree> = None;
+    // Cached layers not yet extracted into `tree`.
+    let mut pending: Vec<String> = Vec::new();
+    for i in 0..n {
+        // Re-plan each step: a layer just rebuilt to byte-identical output makes the
+        // layers above it key off the earlier digest (early cut-off).
+        let p = plan::make(ctx.recipes, &[image.to_string()], ctx.cache, ctx.resolver)?;
+        let digest = p.images[0].layers[i].clone();
+        let name = img.layers[i].name.clone();
+        let lock = {
+            let c = ctx.cache.clone();
+            let d = digest.clone();
+            tokio::task::spawn_blocking(move || c.lock(&d)).await??
+        };
+        if plan::CacheView::has_layer(ctx.cache, &digest) {
+            match ctx.cache.verify(&digest) {
+                Ok(meta) => {
+                    tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
+                    outcomes.push(outcome(&name, &digest, meta, false));
+                    pending.push(digest);
+                    continue;
+                }
+                Err(e @ CacheError::Corrupt { .. }) => {
+                    tracing::warn!(image, layer = %name, "{e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(image, layer = %name, "layer {name} {}: building", plan::short(&digest));
+        if tree.is_none() {
+            tree = Some(WorkTree::new(ctx.cache, image)?);
+        }
+        let t = tree.as_ref().expect("just created");
+        materialize(ctx.cache, &t.path, &mut pending).await?;
+        let node = p.layer(&digest).expect("plan has the layer").clone();
+        let meta = build_layer(ctx, image, i, &node, &t.path).await?;
+        drop(lock);
+        outcomes.push(outcome(&name, &digest, meta, true));
+    }
+    Ok(Layers {
+        image: image.to_string(),
+        layers: outcomes,
+    })
+}
+
+/// The image's full tree, extracted from the cached layers.
+///
+/// Disks are always made from extracted trees, never from the tree a build just worked
+/// on: the two can differ (hard links across layers, xattrs), and a cold build must give
+/// the same bytes as a warm one.
+pub async fn materialize_all(cache: &LayerCache, layers: &Layers) -> anyhow::Result<WorkTree> {
+    let t = WorkTree::new(cache, &layers.image)?;
+    let mut pending: Vec<String> = layers
+        .layers
+        .iter()
+        .map(|l| l.record.digest.clone())
+        .collect();
+    for d in &pending {
+        cache.verify(d)?;
+    }
+    materialize(cache, &t.path, &mut pending).await?;
+    Ok(t)
+}
+
+fn outcome(name: &str, digest: &str, meta: LayerMeta, rebuilt: bool) -> LayerOutcome {
+    LayerOutcome {
+        record: LayerRecord {
+            name: name.to_string(),
+            digest: digest.to_string(),
+            output_digest: meta.output_digest.clone(),
+            diff_size: meta.tar_size,
+            rebuilt,
+        },
+        meta,
+    }
+}
+
+/// Extract the pending cached layers, in order, onto `tree`.
+async fn materialize(
+    cache: &LayerCache,
+    tree: &Path,
+    pending: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    for digest in pending.drain(..) {
+        let c = cache.clone();
+        let t = tree.to_owned();
+        let d = digest.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let r = c.open_diff(&d)?;
+            tree::extract(std::io::BufReader::with_capacity(1 << 20, r), &t)
+                .with_context(|| format!("extracting cached layer {}", plan::short(&d)))?;
+            Ok(())
+        })
+        .await??;
+    }
+    Ok(())
+}
+
+/// Build layer `i` of `image` on `tree` (which holds layers 0..i) and cache its diff.
+async fn build_layer(
+    ctx: &RootfsCtx<'_>,
+    image: &str,
+    i: usize,
+    node: &plan::LayerNode,
+    tree_path: &Path,
+) -> anyhow::Result<LayerMeta> {
+    let started = Instant::now();
+    let img = ctx.recipes.image(image)?;
+    let layer = &ctx.recipes.layers[&img.layers[i].name];
+    let rendered = &img.layers[i];
+    let before = if i == 0 {
+        tree::Snapshot::new()
+    } else {
+        let t = tree_path.to_owned();
+        tokio::task::spawn_blocking(move || tree::snapshot(&t)).await??
+    };
+    if let Some(b) = &layer.def.bootstrap {
+        let mirrors = node
+            .mirrors
+            .as_ref()
+            .context("the plan resolved no mirror for the base layer")?;
+        let include: Vec<String> = layer
+            .def
+            .packages
+            .install
+            .iter()
+            .map(|p| p.get_ref().clone())
+            .collect();
+        // mmdebstrap wants an empty (or absent) target.
+        let _ = std::fs::remove_dir(tree_path);
+        bootstrap::mmdebstrap(&bootstrap::Job {
+            bootstrap: b.get_ref(),
+            mirrors,
+            include: &include,
+            tree: tree_path,
+            apt_archives: &ctx.cache.root().join("apt/archives"),
+            sde: ctx.sde,
+            timeout: ctx.step_timeout,
+            label: &format!("layer {}", layer.name),
+        })
+        .await
+        .with_context(|| format!("layer {}", layer.name))?;
+    }
+    let actx = apply::ApplyCtx {
+        cache_root: ctx.cache.root(),
+        sde: ctx.sde,
+        step_timeout: ctx.step_timeout,
+        secrets: ctx.secrets,
+    };
+    apply::apply_layer(&actx, layer, rendered, tree_path).await?;
+    let cache = ctx.cache.clone();
+    let t = tree_path.to_owned();
+    let digest = node.digest.clone();
+    let name = layer.name.clone();
+    let sde = ctx.sde;
+    let meta = tokio::task::spawn_blocking(move || -> anyhow::Result<LayerMeta> {
+        clean::clean(&t)?;
+        let mut after = tree::snapshot(&t)?;
+        let d = tree::diff(&before, &after);
+        tree::clamp_mtimes(&t, &d.changed, sde, &mut after)?;
+        let staging = cache.staging(&digest)?;
+        let zst_path = staging.path().join("diff.tar.zst");
+        let f = std::fs::File::create(&zst_path)?;
+        let inner = tree::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let mut enc = zstd::stream::write::Encoder::new(inner, 3)?;
+        enc.multithread(num_cpus())?;
+        let outer = tree::HashingWriter::new(enc);
+        let (outer, _stats) = tree::write_diff_tar(&t, &d, sde, outer)?;
+        let (enc, output_digest, tar_size) = outer.finish();
+        let inner = enc.finish()?;
+        let (mut bw, zst_sha256, zst_size) = inner.finish();
+        bw.flush()?;
+        bw.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let packages = dpkg::installed(&t)?;
+        let meta = LayerMeta {
+            digest: digest.clone(),
+            name,
+            output_digest,
+            tar_size,
+            zst_sha256,
+            zst_size,
+            packages,
+            build_secs: started.elapsed().as_secs_f64(),
+        };
+        if let Some(rep) = cache.commit(staging, &meta)? {
+            tracing::info!(
+                "layer {} {}: output identical to cached {}; layers above reuse their cache",
+                meta.name,
+                plan::short(&digest),
+                plan::short(&rep)
+            );
+        }
+        Ok(meta)
+    })
+    .await??;
+    Ok(meta)
+}
+
+fn num_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
+}
