@@ -1,7 +1,8 @@
 //! `goldsmith boot`: the serial console on stdio, Ctrl-A X quits, `--ssh` forwards a
 //! loopback port to the guest's port 22, and the artifact is not written.
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use goldsmith::recipe::Format;
-use support::verify::*;
+use verify_support::*;
 
 #[test]
 fn boot_shows_the_console_forwards_ssh_and_quits_on_ctrl_a_x() {

@@ -1,14 +1,15 @@
 //! A broken image: a service that fails to start must fail verification, name the unit,
 //! and leave the console log beside the build.
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use goldsmith::artifact::VerifyRecord;
 use goldsmith::recipe::Format;
-use support::verify::*;
+use verify_support::*;
 
 #[test]
 fn failed_unit_fails_verification_by_name() {

@@ -1,7 +1,8 @@
 //! Cancellation: SIGTERM or SIGINT to `goldsmith verify` in the middle of a boot kills
 //! QEMU, removes the run's temp files and exits with 128+signal.
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use goldsmith::recipe::Format;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::verify::*;
+use verify_support::*;
 
 fn cancel_mid_boot(sig: Signal, expected: i32) {
     let image = web_image();

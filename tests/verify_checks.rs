@@ -2,7 +2,8 @@
 //! pass and once where it must fail: no check can pass by accident. The same boot proves
 //! that the artifact is never written and that nothing is left running.
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use goldsmith::recipe::check::CheckDef;
 use goldsmith::recipe::image::VerifyDef;
 use goldsmith::recipe::{Format, SourcedCheck};
 use goldsmith::verify::{self, AccelChoice, HostSettings, ImageChecks};
-use support::verify::*;
+use verify_support::*;
 
 fn check(toml_text: &str) -> SourcedCheck {
     SourcedCheck {
@@ -176,7 +177,7 @@ http = { port = 80, path = "/", status = 200, body_regex = "Served by goldsmith"
         (
             check(
                 r#"name = "http 404"
-timeout_secs = 3
+timeout_secs = 10
 http = { port = 80, path = "/missing" }"#,
             ),
             false,
@@ -184,7 +185,7 @@ http = { port = 80, path = "/missing" }"#,
         (
             check(
                 r#"name = "http body mismatch"
-timeout_secs = 3
+timeout_secs = 10
 http = { port = 80, body_regex = "not on the page" }"#,
             ),
             false,
@@ -253,7 +254,13 @@ http = { port = 8081 }"#,
         banner.contains("SSH-") || banner.contains("accepted"),
         "{banner}"
     );
-    assert!(detail("http 404").contains("404"), "{}", detail("http 404"));
+    assert!(
+        detail("http 404").contains("returned 404"),
+        "{}",
+        detail("http 404")
+    );
+    let body = detail("http body mismatch");
+    assert!(body.contains("does not match"), "{body}");
     // Built-ins passed, so the failure is a declared check's.
     for b in boot.checks.iter().filter(|c| c.origin == "builtin") {
         assert!(b.passed, "{}: {}", b.name, b.detail);

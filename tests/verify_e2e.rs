@@ -1,39 +1,41 @@
-//! End to end through the CLI: `goldsmith verify web` boots the latest build of `web`
-//! under TCG and fetches its page through the forwarded port.
+//! End to end through the CLI, under TCG: `goldsmith build web`, then `goldsmith verify
+//! web` boots that build and fetches the page rendered from the layer's template through
+//! the forwarded port.
 
 mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use goldsmith::artifact::VerifyRecord;
 use goldsmith::recipe::Format;
-use support::verify::*;
+use support::Project;
+use verify_support::*;
 
 #[test]
-fn verify_web_passes_with_its_http_check() {
-    let image = web_image();
-    let _vm = vm_lock();
-    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let root = work.path();
-    project(
-        root,
-        "web",
-        r#"[[checks]]
-name = "ssh running"
-service = { unit = "ssh.service" }
-"#,
-        r#"[[checks]]
-name = "home page"
-http = { port = 80, path = "/", status = 200, body_regex = "Served by goldsmith" }
-"#,
+fn build_then_verify_web() {
+    let p = Project::example();
+    // The page's title comes from the image's `site_title` variable through the layer's
+    // handlebars template; the layer's own check looks for the template's fixed text.
+    let image_toml = p.read("images/web.toml");
+    p.write(
+        "images/web.toml",
+        &format!(
+            "{image_toml}\n[[checks]]\nname = \"templated title\"\n\
+             http = {{ port = 80, path = \"/\", body_regex = \"<title>Welcome to the goldsmith web template</title>\" }}\n"
+        ),
     );
-    let dir = fake_build(&root.join("builds"), "web", &[(Format::Qcow2, &image)]);
-    let tmp = root.join("tmp");
+    let built = p
+        .run(&["build", "web", "--format", "qcow2", "--json"])
+        .expect(0);
+    let dir = std::path::PathBuf::from(built.json()[0]["dir"].as_str().unwrap());
+
+    let _vm = vm_lock();
+    let tmp = p.path("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_goldsmith"))
-        .arg("--config")
-        .arg(root.join("goldsmith.toml"))
+    let out = p
+        .cmd()
         .args(["verify", "web", "--json"])
         .env("TMPDIR", &tmp)
         .output()
@@ -42,31 +44,42 @@ http = { port = 80, path = "/", status = 200, body_regex = "Served by goldsmith"
     assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
     let rec: VerifyRecord = serde_json::from_slice(&out.stdout).unwrap();
     assert!(rec.passed);
+    let build: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(rec.build_id, build["build_id"].as_str().unwrap());
+    assert_eq!(
+        rec.content_digest,
+        build["content_digest"].as_str().unwrap()
+    );
     let boot = &rec.boots[0];
     assert_eq!(boot.format, Format::Qcow2);
     assert_eq!(
         boot.accelerator, "tcg",
         "this machine cannot run KVM guests"
     );
-    let page = boot.checks.iter().find(|c| c.name == "home page").unwrap();
-    assert!(
-        page.passed && page.detail.contains("returned 200"),
-        "{page:?}"
-    );
-    assert_eq!(page.origin, "image web");
-    let ssh = boot
-        .checks
-        .iter()
-        .find(|c| c.name == "ssh running")
-        .unwrap();
-    assert!(ssh.passed && ssh.origin == "layer tbase", "{ssh:?}");
+    assert!(boot.boot_secs.is_some());
+    let check = |name: &str| {
+        let c = boot
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        assert!(c.passed && !c.skipped, "{c:?}");
+        c.clone()
+    };
+    // The layer's check and the image's, both through the forwarded port.
+    assert!(check("home page").detail.contains("returned 200"));
+    assert_eq!(check("home page").origin, "layer web");
+    assert_eq!(check("templated title").origin, "image web");
+    check("nginx active");
+    check("sshd refuses passwords");
     // Stored beside the build, for publish and for people.
     assert_eq!(VerifyRecord::load(&dir).unwrap(), rec);
+    let console = std::fs::read_to_string(dir.join("console-qcow2.log")).unwrap();
     assert!(
-        std::fs::metadata(dir.join("console-qcow2.log"))
-            .unwrap()
-            .len()
-            > 1000
+        console.contains("login:"),
+        "console log has {} bytes",
+        console.len()
     );
     // Nothing of the run is left: no VM, no temp directory.
     assert_no_qemu("goldsmith-web-", Duration::from_secs(5));

@@ -1,14 +1,15 @@
 //! `--all-formats` boots every disk format of a build: here a fixed VHD (QEMU's `vpc`
 //! driver) and an OVA, whose streamOptimized VMDK is unpacked and booted.
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use goldsmith::artifact::VerifyRecord;
 use goldsmith::recipe::Format;
-use support::verify::*;
+use verify_support::*;
 
 /// The test image as a fixed VHD and as an OVA (cached beside the other test images).
 fn vhd_and_ova() -> (std::path::PathBuf, std::path::PathBuf) {

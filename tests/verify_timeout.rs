@@ -3,14 +3,15 @@
 //! and no temp file of the run remains (checked in the process table, not only by the
 //! exit code).
 
-mod support;
+#[path = "support/verify.rs"]
+mod verify_support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use goldsmith::artifact::VerifyRecord;
 use goldsmith::recipe::Format;
-use support::verify::*;
+use verify_support::*;
 
 /// Run `goldsmith verify NAME` on `image` with the given boot timeout.
 fn verify(

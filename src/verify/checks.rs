@@ -19,6 +19,8 @@ use crate::recipe::SourcedCheck;
 
 /// Pause between attempts of a retried check.
 const RETRY: Duration = Duration::from_millis(500);
+/// The shortest HTTP attempt worth starting (a guest under TCG needs a moment).
+const MIN_TRY: Duration = Duration::from_secs(1);
 /// How much of a command's output goes into a check's detail.
 const EXCERPT: usize = 300;
 
@@ -246,11 +248,14 @@ pub fn judge_file(
 
 async fn service(env: &mut CheckEnv<'_>, unit: &str, deadline: Instant) -> Result<String, String> {
     let argv: Vec<String> = vec!["systemctl".into(), "is-active".into(), unit.into()];
-    let mut last;
+    // The last state systemd reported; an agent error of a later attempt (cut short by
+    // the deadline) must not hide it.
+    let mut state_seen: Option<String> = None;
+    let mut last_error = String::from("no answer");
     loop {
         match env
             .agent
-            .exec(&argv, remaining(deadline).max(Duration::from_millis(1)))
+            .exec(&argv, remaining(deadline).max(MIN_TRY))
             .await
         {
             Ok(out) => {
@@ -263,16 +268,19 @@ async fn service(env: &mut CheckEnv<'_>, unit: &str, deadline: Instant) -> Resul
                 if state == "failed" {
                     return Err(format!("{unit} failed{}", unit_hint(env.agent, unit).await));
                 }
-                last = if state.is_empty() {
+                state_seen = Some(if state.is_empty() {
                     out.stderr_str().trim().to_string()
                 } else {
                     state
-                };
+                });
             }
-            Err(e) => last = e.to_string(),
+            Err(e) => last_error = e.to_string(),
         }
         if remaining(deadline) <= RETRY {
-            return Err(format!("{unit} is not active (last state: {last})"));
+            return Err(match state_seen {
+                Some(st) => format!("{unit} is not active (last state: {st})"),
+                None => format!("{unit}: {last_error}"),
+            });
         }
         tokio::time::sleep(RETRY).await;
     }
@@ -386,25 +394,29 @@ async fn http(env: &mut CheckEnv<'_>, h: &HttpCheck, deadline: Instant) -> Resul
         format!("/{}", h.path)
     };
     let url = format!("http://127.0.0.1:{host}{path}");
-    let mut last;
+    // What the server answered beats how a later attempt failed: an attempt cut short by
+    // the deadline must not hide the 404 that came before it.
+    let mut answered: Option<String> = None;
+    let mut transport = String::new();
     loop {
-        let per_try =
-            remaining(deadline).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let per_try = remaining(deadline).clamp(MIN_TRY, Duration::from_secs(10));
         let attempt = async {
             let r = env.http.get(&url).timeout(per_try).send().await?;
             let status = r.status().as_u16();
             let body = r.text().await?;
             Ok::<_, reqwest::Error>((status, body))
         };
-        last = match attempt.await {
+        match attempt.await {
             Ok((status, body)) => match judge_http(h, status, &body) {
                 Ok(d) => return Ok(d),
-                Err(e) => e,
+                Err(e) => answered = Some(e),
             },
-            Err(e) => format!("GET {path} through 127.0.0.1:{host}: {}", error_chain(&e)),
-        };
-        if remaining(deadline) <= RETRY {
-            return Err(last);
+            Err(e) => {
+                transport = format!("GET {path} through 127.0.0.1:{host}: {}", error_chain(&e))
+            }
+        }
+        if remaining(deadline) <= RETRY + MIN_TRY {
+            return Err(answered.unwrap_or(transport));
         }
         tokio::time::sleep(RETRY).await;
     }

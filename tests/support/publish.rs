@@ -206,6 +206,7 @@ pub fn fake_build(p: &Project, spec: &BuildSpec) -> FakeBuild {
                     name: "system-running".into(),
                     origin: "builtin".into(),
                     passed,
+                    skipped: false,
                     duration_ms: 100,
                     detail: String::new(),
                 }],

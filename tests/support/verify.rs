@@ -12,11 +12,6 @@ use goldsmith::fsutil::FileLock;
 use goldsmith::recipe::Format;
 use sha2::{Digest, Sha256};
 
-/// The development base image: Debian 12 minbase + systemd + cloud kernel +
-/// qemu-guest-agent + openssh-server, GPT, systemd-boot, console=ttyS0.
-/// `GOLDSMITH_TEST_BASE_IMAGE` overrides it.
-pub const DEV_BASE: &str = "/work/dev-images/poc-base.qcow2";
-
 /// Where test images and locks live (survives between test runs).
 pub fn images_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("verify-images");
@@ -41,22 +36,94 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A private copy of the base image (the original is never touched).
+/// The base every test image derives from: the example `base` image (Debian 12 with
+/// systemd, the cloud kernel, qemu-guest-agent, OpenSSH, hardening), built once with
+/// `goldsmith build` through the layer cache the build tests share, and kept until the
+/// recipes change. `GOLDSMITH_TEST_BASE_IMAGE` (a bootable qcow2) skips the build.
 pub fn base_image() -> PathBuf {
-    let src = std::env::var("GOLDSMITH_TEST_BASE_IMAGE").unwrap_or_else(|_| DEV_BASE.into());
-    assert!(
-        Path::new(&src).is_file(),
-        "no base image at {src}: set GOLDSMITH_TEST_BASE_IMAGE to a bootable qcow2 \
-         (Debian with systemd, qemu-guest-agent, openssh-server, console=ttyS0)"
-    );
-    let dst = images_dir().join("base.qcow2");
-    let _l = FileLock::acquire(&images_dir().join("images.lock")).unwrap();
-    if !dst.exists() {
-        let tmp = dst.with_extension("tmp");
-        std::fs::copy(&src, &tmp).unwrap();
-        std::fs::rename(&tmp, &dst).unwrap();
+    let dir = images_dir();
+    let _l = FileLock::acquire(&dir.join("images.lock")).unwrap();
+    if let Ok(src) = std::env::var("GOLDSMITH_TEST_BASE_IMAGE") {
+        let dst = dir.join(format!("base-env-{}.qcow2", short_hash(src.as_bytes())));
+        if !dst.exists() {
+            let tmp = dst.with_extension("tmp");
+            std::fs::copy(&src, &tmp).unwrap();
+            std::fs::rename(&tmp, &dst).unwrap();
+        }
+        return dst;
     }
+    let dst = dir.join(format!("base-{}.qcow2", recipes_hash()));
+    if dst.exists() {
+        return dst;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let proj = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for sub in ["recipes", "images"] {
+        copy_tree(&repo.join(sub), &proj.path().join(sub));
+    }
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("goldsmith-cache");
+    std::fs::write(
+        proj.path().join("goldsmith.toml"),
+        format!(
+            "build_dir = \"builds\"\n[cache]\ndir = \"{}\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_goldsmith"))
+        .current_dir(proj.path())
+        .args(["build", "base", "--format", "qcow2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "goldsmith build base failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let build = PathBuf::from(v[0]["dir"].as_str().unwrap());
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(build.join("base.qcow2"), &tmp).unwrap();
+    std::fs::rename(&tmp, &dst).unwrap();
     dst
+}
+
+/// What the base image is built from: the example recipes and images.
+fn recipes_hash() -> String {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut h = Sha256::new();
+    for sub in ["recipes", "images"] {
+        for e in walkdir::WalkDir::new(repo.join(sub)).sort_by_file_name() {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                h.update(
+                    e.path()
+                        .strip_prefix(&repo)
+                        .unwrap()
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
+                h.update(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
+fn short_hash(b: &[u8]) -> String {
+    hex::encode(&Sha256::digest(b)[..6])
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
 }
 
 /// Changes that turn the base image into a test image.
@@ -102,7 +169,8 @@ impl Edit {
 pub fn derived_image(name: &str, edit: &Edit) -> PathBuf {
     let base = base_image();
     let dir = images_dir();
-    let out = dir.join(format!("{name}-{}.qcow2", edit.key()));
+    let base_key = base.file_stem().unwrap().to_string_lossy().into_owned();
+    let out = dir.join(format!("{name}-{}-{base_key}.qcow2", edit.key()));
     let _l = FileLock::acquire(&dir.join("images.lock")).unwrap();
     if out.exists() {
         return out;
