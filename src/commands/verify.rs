@@ -167,29 +167,39 @@ pub fn summary(r: &VerifyRecord, dir: &std::path::Path) -> String {
         r.build_id,
         if r.passed { "PASSED" } else { "FAILED" }
     );
+    let mut accel_shown = None;
     for b in &r.boots {
-        s.push_str(&boot_summary(b, dir));
+        // The accelerator and why are the same for every boot of a run: say it once.
+        let show = b.format != Format::Oci && accel_shown != Some(&b.accelerator_reason);
+        if show {
+            accel_shown = Some(&b.accelerator_reason);
+        }
+        s.push_str(&boot_summary(b, dir, show));
     }
     s.push_str(&format!("record: {}\n", dir.join("verify.json").display()));
     s
 }
 
-fn boot_summary(b: &BootRecord, dir: &std::path::Path) -> String {
+fn boot_summary(b: &BootRecord, dir: &std::path::Path, show_accel: bool) -> String {
     let ready = match b.boot_secs {
         Some(t) => format!("ready after {t:.1}s"),
         None if b.format == Format::Oci => "not booted (structural check)".into(),
         None => "never ready".into(),
     };
     let mut s = format!(
-        "\n{}  {}  [{}]  {}  ({:.1}s in all)\n  accelerator: {} — {}\n",
+        "\n{}  {}  [{}]  {}  ({:.1}s in all)\n",
         b.format,
         if b.passed { "passed" } else { "FAILED" },
         b.artifact,
         ready,
         b.duration_secs,
-        b.accelerator,
-        b.accelerator_reason
     );
+    if show_accel {
+        s.push_str(&format!(
+            "  accelerator: {} — {}\n",
+            b.accelerator, b.accelerator_reason
+        ));
+    }
     for c in &b.checks {
         let mark = match (c.passed, c.skipped) {
             (_, true) => "skip",

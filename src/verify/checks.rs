@@ -167,11 +167,14 @@ pub fn judge_command(c: &CommandCheck, out: &GuestOutput) -> Result<String, Stri
             ));
         }
     }
-    Ok(format!(
-        "exit code {}; stdout: {}",
-        c.exit_code,
-        excerpt(&stdout)
-    ))
+    Ok(match &c.stdout_regex {
+        Some(re) => format!(
+            "exit code {}; stdout matches /{}/",
+            c.exit_code,
+            re.get_ref()
+        ),
+        None => format!("exit code {}; stdout: {}", c.exit_code, excerpt(&stdout)),
+    })
 }
 
 async fn file(env: &mut CheckEnv<'_>, f: &FileCheck, deadline: Instant) -> Result<String, String> {
