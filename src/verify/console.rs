@@ -129,10 +129,18 @@ pub fn tail_of_file(path: &Path, n: usize) -> String {
     // Only the end matters; do not clean megabytes of boot log for twenty lines.
     let start = bytes.len().saturating_sub(64 * 1024);
     let text = clean(&String::from_utf8_lossy(&bytes[start..]));
-    let lines: Vec<&str> = text
+    let lines: Vec<String> = text
         .lines()
         .map(str::trim_end)
         .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            // Menus and progress spinners redraw one "line" forever; keep its start.
+            if l.chars().count() > 200 {
+                format!("{}…", l.chars().take(200).collect::<String>())
+            } else {
+                l.to_string()
+            }
+        })
         .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
