@@ -140,3 +140,20 @@ fn kernel_panic_fails_fast_with_the_console_tail() {
         .all(|c| !c.passed));
     assert_clean("panic", &tmp);
 }
+
+#[test]
+fn emergency_shell_fails_fast() {
+    let image = derived_image(
+        "emergency",
+        &Edit::default().cmdline("systemd.unit=emergency.target"),
+    );
+    let _vm = vm_lock();
+    let t = Instant::now();
+    let (out, rec, tmp, _w) = verify("emergency", &image, 300);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let failure = rec.boots[0].failure.clone().unwrap();
+    assert!(failure.contains("emergency shell"), "{failure}");
+    assert!(took < Duration::from_secs(150), "took {took:?}");
+    assert_clean("emergency", &tmp);
+}

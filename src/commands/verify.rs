@@ -41,7 +41,7 @@ pub async fn verify(ctx: &Ctx, args: VerifyArgs) -> anyhow::Result<u8> {
             }
             all_formats(&build)
         } else {
-            vec![args.format.unwrap_or(Format::Qcow2)]
+            vec![args.format.unwrap_or_else(|| default_format(&build))]
         };
         let rec = verify::run(&dir, &build, checks, &formats, &host)
             .await
@@ -76,7 +76,7 @@ pub async fn boot(ctx: &Ctx, args: BootArgs) -> anyhow::Result<u8> {
         None => {
             let dir = latest(ctx, &args.image)?;
             let build = BuildRecord::load(&dir)?;
-            let f = args.format.unwrap_or(Format::Qcow2);
+            let f = args.format.unwrap_or_else(|| default_format(&build));
             let a = build.artifact(f).ok_or_else(|| {
                 anyhow::anyhow!(
                     "build {} of {} has no {f} artifact",
@@ -124,6 +124,23 @@ fn latest(ctx: &Ctx, image: &str) -> anyhow::Result<PathBuf> {
             ctx.config.build_dir().display()
         )
     })
+}
+
+/// qcow2 (what the nightly boots), or the first disk format an image without qcow2 has.
+fn default_format(build: &BuildRecord) -> Format {
+    if build.artifact(Format::Qcow2).is_some() {
+        return Format::Qcow2;
+    }
+    [
+        Format::Raw,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Ova,
+        Format::Oci,
+    ]
+    .into_iter()
+    .find(|f| build.artifact(*f).is_some())
+    .unwrap_or(Format::Qcow2)
 }
 
 /// Every bootable format of the build (and OCI, checked structurally).
