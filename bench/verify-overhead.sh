@@ -55,7 +55,7 @@ memory_mib = 1024
 cpus = 2
 [[checks]]
 name = "boot finished"
-command = { argv = ["sh", "-c", "cut -d' ' -f1 /proc/uptime; systemctl show -p FinishTimestampMonotonic --value"], stdout_regex = "^[0-9.]+\n[0-9]+$" }
+command = { argv = ["sh", "-c", "cut -d' ' -f1 /proc/uptime; systemctl show -p FinishTimestampMonotonic --value"] }
 TOML
 
 now() { date +%s.%N; }
