@@ -45,7 +45,15 @@ async fn every_check_kind_passes_and_fails_for_real() {
     let before = sha256(&artifact);
 
     // (name, check, must pass)
+    // A service on the host's loopback: slirp would expose it to the guest as 10.0.2.2.
+    let host_service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    let isolation = format!(
+        r#"name = "guest cannot reach the host"
+command = {{ argv = ["sh", "-c", "timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{host_port}' && echo reached || echo isolated"], stdout_regex = "^isolated$" }}"#
+    );
     let cases: Vec<(SourcedCheck, bool)> = vec![
+        (check(&isolation), true),
         (
             check(
                 r#"name = "cmd ok"

@@ -67,7 +67,8 @@ pub fn boot_args(cfg: &VmConfig, vars: &Path, ssh_port: Option<u16>) -> Vec<Stri
     if let Some(p) = ssh_port {
         fw.insert(22u16, p);
     }
-    args.extend(qemu::net_args(&fw));
+    // A developer's guest may install packages: it keeps its way out.
+    args.extend(qemu::net_args(&fw, false));
     args.extend(["-serial".into(), "mon:stdio".into()]);
     args
 }

@@ -89,7 +89,8 @@ impl Vm {
         let qmp_path = dir.path().join("qmp.sock");
         let agent_path = dir.path().join("qga.sock");
         let mut args = common_args(cfg, &vars);
-        args.extend(net_args(&forwards));
+        // The image under test is not trusted with the host's loopback services.
+        args.extend(net_args(&forwards, true));
         args.extend([
             "-chardev".into(),
             format!(
@@ -234,9 +235,14 @@ pub fn common_args(cfg: &VmConfig, vars: &Path) -> Vec<String> {
     a
 }
 
-/// User-mode networking with the given forwards (guest port -> host port).
-pub fn net_args(forwards: &BTreeMap<u16, u16>) -> Vec<String> {
+/// User-mode networking with the given forwards (guest port -> host port). An isolated
+/// guest reaches neither the host (whose loopback services slirp would otherwise expose
+/// at 10.0.2.2) nor the internet; DHCP and the forwards still work.
+pub fn net_args(forwards: &BTreeMap<u16, u16>, isolated: bool) -> Vec<String> {
     let mut netdev = "user,id=net0".to_string();
+    if isolated {
+        netdev.push_str(",restrict=on");
+    }
     for (guest, host) in forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
@@ -301,7 +307,8 @@ mod tests {
     fn forwards_bind_loopback_only() {
         let m = free_ports(&[80, 22, 80]).unwrap();
         assert_eq!(m.len(), 2);
-        let a = net_args(&m);
+        let a = net_args(&m, true);
+        assert!(a[1].contains("restrict=on"), "{a:?}");
         assert!(
             a[1].contains(&format!("hostfwd=tcp:127.0.0.1:{}-:80", m[&80])),
             "{a:?}"
