@@ -49,7 +49,20 @@ pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
     let cache = crate::rootfs::cache::LayerCache::open(&ctx.config.cache_dir());
-    let p = plan::make(&recipes, &args.images, &cache, &plan::NoResolve)?;
+    let resolutions = if args.no_resolve {
+        plan::Resolutions::none()
+    } else {
+        plan::resolve::resolve(
+            &recipes,
+            &args.images,
+            &plan::ResolveOptions {
+                offline: args.offline,
+                locked: args.locked,
+            },
+        )
+        .await?
+    };
+    let p = plan::make(&recipes, &args.images, &cache, &resolutions)?;
     if ctx.global.json {
         ctx.print_json(&plan::to_json(&p, &recipes))?;
     } else {

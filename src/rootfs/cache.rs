@@ -242,4 +242,28 @@ impl CacheView for LayerCache {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
     }
+
+    fn history(&self, image: &str, layer: &str) -> Option<crate::plan::InputSummary> {
+        fsutil::read_json(&self.history_path(image, layer)).ok()
+    }
+}
+
+impl LayerCache {
+    fn history_path(&self, image: &str, layer: &str) -> PathBuf {
+        self.root
+            .join("history")
+            .join(image)
+            .join(format!("{layer}.json"))
+    }
+
+    /// Remember what the layer was last built from for `image`, so the next plan can say
+    /// why it rebuilds.
+    pub fn record_history(
+        &self,
+        image: &str,
+        layer: &str,
+        summary: &crate::plan::InputSummary,
+    ) -> std::io::Result<()> {
+        fsutil::atomic_write_json(&self.history_path(image, layer), summary)
+    }
 }

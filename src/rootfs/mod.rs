@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::artifact::LayerRecord;
-use crate::plan::{self, Resolver};
+use crate::plan::{self, Resolutions};
 use crate::recipe::Recipes;
 use cache::{CacheError, LayerCache, LayerMeta};
 
@@ -25,7 +25,7 @@ use cache::{CacheError, LayerCache, LayerMeta};
 pub struct RootfsCtx<'a> {
     pub recipes: &'a Recipes,
     pub cache: &'a LayerCache,
-    pub resolver: &'a dyn Resolver,
+    pub resolutions: &'a Resolutions,
     pub sde: i64,
     pub step_timeout: Duration,
     /// Build-time secrets (name, value) for layer scripts.
@@ -37,6 +37,10 @@ pub struct RootfsCtx<'a> {
 pub struct LayerOutcome {
     pub record: LayerRecord,
     pub meta: LayerMeta,
+    /// What the layer's digest was made from (kept as the layer's history).
+    pub summary: plan::InputSummary,
+    /// Why it was rebuilt (None when it came from the cache).
+    pub changes: Option<crate::artifact::LayerChange>,
 }
 
 /// The image's layers, all in the cache.
@@ -86,7 +90,12 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
     for i in 0..n {
         // Re-plan each step: a layer just rebuilt to byte-identical output makes the
         // layers above it key off the earlier digest (early cut-off).
-        let p = plan::make(ctx.recipes, &[image.to_string()], ctx.cache, ctx.resolver)?;
+        let p = plan::make(
+            ctx.recipes,
+            &[image.to_string()],
+            ctx.cache,
+            ctx.resolutions,
+        )?;
         let digest = p.images[0].layers[i].clone();
         let name = img.layers[i].name.clone();
         let lock = {
@@ -94,11 +103,12 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
             let d = digest.clone();
             tokio::task::spawn_blocking(move || c.lock(&d)).await??
         };
+        let node = p.layer(&digest).expect("plan has the layer").clone();
         if plan::CacheView::has_layer(ctx.cache, &digest) {
             match ctx.cache.verify(&digest) {
                 Ok(meta) => {
                     tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
-                    outcomes.push(outcome(&name, &digest, meta, false));
+                    outcomes.push(outcome(&name, &node, meta, false));
                     pending.push(digest);
                     continue;
                 }
@@ -114,10 +124,15 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
         }
         let t = tree.as_ref().expect("just created");
         materialize(ctx.cache, &t.path, &mut pending).await?;
-        let node = p.layer(&digest).expect("plan has the layer").clone();
-        let meta = build_layer(ctx, image, i, &node, &t.path).await?;
+        let below = (i > 0)
+            .then(|| {
+                p.layer(&p.images[0].layers[i - 1])
+                    .and_then(|n| n.resolved.clone())
+            })
+            .flatten();
+        let meta = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await?;
         drop(lock);
-        outcomes.push(outcome(&name, &digest, meta, true));
+        outcomes.push(outcome(&name, &node, meta, true));
     }
     Ok(Layers {
         image: image.to_string(),
@@ -144,11 +159,13 @@ pub async fn materialize_all(cache: &LayerCache, layers: &Layers) -> anyhow::Res
     Ok(t)
 }
 
-fn outcome(name: &str, digest: &str, meta: LayerMeta, rebuilt: bool) -> LayerOutcome {
+fn outcome(name: &str, node: &plan::LayerNode, meta: LayerMeta, rebuilt: bool) -> LayerOutcome {
     LayerOutcome {
+        summary: node.summary.clone(),
+        changes: if rebuilt { node.changes.clone() } else { None },
         record: LayerRecord {
             name: name.to_string(),
-            digest: digest.to_string(),
+            digest: node.digest.clone(),
             output_digest: meta.output_digest.clone(),
             diff_size: meta.tar_size,
             rebuilt,
@@ -184,6 +201,7 @@ async fn build_layer(
     image: &str,
     i: usize,
     node: &plan::LayerNode,
+    below: Option<&[plan::ResolvedPackage]>,
     tree_path: &Path,
 ) -> anyhow::Result<LayerMeta> {
     let started = Instant::now();
@@ -223,18 +241,25 @@ async fn build_layer(
         .await
         .with_context(|| format!("layer {}", layer.name))?;
     }
+    // Install exactly what the plan resolved (new and moved packages), so the layer holds
+    // the versions its digest was made from, or fails naming the package that is gone.
+    let exact = match (&node.resolved, below) {
+        (Some(set), Some(below)) if !layer.is_base() => Some(exact_installs(set, below)),
+        _ => None,
+    };
     let actx = apply::ApplyCtx {
         cache_root: ctx.cache.root(),
         sde: ctx.sde,
         step_timeout: ctx.step_timeout,
         secrets: ctx.secrets,
     };
-    apply::apply_layer(&actx, layer, rendered, tree_path).await?;
+    apply::apply_layer(&actx, layer, rendered, exact.as_deref(), tree_path).await?;
     let cache = ctx.cache.clone();
     let t = tree_path.to_owned();
     let digest = node.digest.clone();
     let name = layer.name.clone();
     let sde = ctx.sde;
+    let resolved = node.resolved.clone();
     let meta = tokio::task::spawn_blocking(move || -> anyhow::Result<LayerMeta> {
         clean::clean(&t)?;
         let mut after = tree::snapshot(&t)?;
@@ -254,6 +279,15 @@ async fn build_layer(
         bw.flush()?;
         bw.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let packages = dpkg::installed(&t)?;
+        if let Some(resolved) = &resolved {
+            let moved = plan::changes::package_changes(resolved, &packages);
+            if !moved.is_empty() {
+                tracing::warn!(
+                    "layer {name}: the installed packages differ from the plan's resolution (did the archive change during the build?): {}",
+                    moved.iter().map(plan::changes::describe_package).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
         let meta = LayerMeta {
             digest: digest.clone(),
             name,
@@ -276,6 +310,18 @@ async fn build_layer(
     })
     .await??;
     Ok(meta)
+}
+
+/// `name=version` for every package of `set` that `below` lacks or has at another version.
+fn exact_installs(set: &[plan::ResolvedPackage], below: &[plan::ResolvedPackage]) -> Vec<String> {
+    let have: std::collections::HashMap<&str, &str> = below
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    set.iter()
+        .filter(|p| have.get(p.name.as_str()) != Some(&p.version.as_str()))
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect()
 }
 
 fn num_cpus() -> u32 {
