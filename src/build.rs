@@ -28,6 +28,8 @@ pub struct BuildCtx<'a> {
     pub recipes: &'a Recipes,
     pub cache: &'a LayerCache,
     pub resolutions: &'a Resolutions,
+    /// Layers that failed earlier in this run (a nightly shares it between images).
+    pub failed_layers: Option<&'a rootfs::FailedLayers>,
 }
 
 impl BuildCtx<'_> {
@@ -123,6 +125,7 @@ pub async fn build_image(
         sde,
         step_timeout: timeout,
         secrets: &secrets,
+        failed_layers: ctx.failed_layers,
     };
     let layers = rootfs::ensure_layers(&rctx, name).await?;
     stages.push(timing("layers", t));

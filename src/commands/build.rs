@@ -31,6 +31,7 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
         recipes: &recipes,
         cache: &cache,
         resolutions: &resolutions,
+        failed_layers: None,
     };
     let mut outcomes = Vec::new();
     for n in &names {

@@ -21,6 +21,41 @@ use crate::plan::{self, Resolutions};
 use crate::recipe::Recipes;
 use cache::{CacheError, LayerCache, LayerMeta};
 
+/// Layers that failed in this run, so images sharing them skip instead of failing
+/// the same way again (digest -> "image: error").
+#[derive(Debug, Default)]
+pub struct FailedLayers(std::sync::Mutex<std::collections::HashMap<String, (String, String, String)>>);
+
+impl FailedLayers {
+    fn record(&self, digest: &str, layer: &str, image: &str, error: &str) {
+        self.0.lock().unwrap().insert(
+            digest.to_string(),
+            (layer.to_string(), image.to_string(), error.to_string()),
+        );
+    }
+
+    fn get(&self, digest: &str) -> Option<DependencyFailed> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(digest)
+            .map(|(layer, image, reason)| DependencyFailed {
+                layer: layer.clone(),
+                image: image.clone(),
+                reason: reason.clone(),
+            })
+    }
+}
+
+/// An image was not built because a layer it shares failed for another image.
+#[derive(Debug, thiserror::Error)]
+#[error("skipped: layer {layer} failed while building image {image}: {reason}")]
+pub struct DependencyFailed {
+    pub layer: String,
+    pub image: String,
+    pub reason: String,
+}
+
 /// What the rootfs stage needs.
 pub struct RootfsCtx<'a> {
     pub recipes: &'a Recipes,
@@ -30,6 +65,8 @@ pub struct RootfsCtx<'a> {
     pub step_timeout: Duration,
     /// Build-time secrets (name, value) for layer scripts.
     pub secrets: &'a [(String, Vec<u8>)],
+    /// Shared by the images of one nightly.
+    pub failed_layers: Option<&'a FailedLayers>,
 }
 
 /// One layer as the build saw it.
@@ -118,6 +155,9 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some(f) = ctx.failed_layers.and_then(|f| f.get(&digest)) {
+            return Err(f.into());
+        }
         tracing::info!(image, layer = %name, "layer {name} {}: building", plan::short(&digest));
         if tree.is_none() {
             tree = Some(WorkTree::new(ctx.cache, image)?);
@@ -130,7 +170,15 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
                     .and_then(|n| n.resolved.clone())
             })
             .flatten();
-        let meta = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await?;
+        let meta = match build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(f) = ctx.failed_layers {
+                    f.record(&digest, &name, image, &format!("{e:#}").lines().next().unwrap_or_default().to_string());
+                }
+                return Err(e);
+            }
+        };
         drop(lock);
         outcomes.push(outcome(&name, &node, meta, true));
     }
