@@ -30,6 +30,8 @@ pub struct BuildCtx<'a> {
     pub resolutions: &'a Resolutions,
     /// Layers that failed earlier in this run (a nightly shares it between images).
     pub failed_layers: Option<&'a rootfs::FailedLayers>,
+    /// The layer cache shared by CI workers.
+    pub remote: Option<&'a rootfs::remote::RemoteCache>,
 }
 
 impl BuildCtx<'_> {
@@ -126,6 +128,7 @@ pub async fn build_image(
         step_timeout: timeout,
         secrets: &secrets,
         failed_layers: ctx.failed_layers,
+        remote: ctx.remote,
     };
     let layers = rootfs::ensure_layers(&rctx, name).await?;
     stages.push(timing("layers", t));

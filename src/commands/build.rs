@@ -27,11 +27,13 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
         },
     )
     .await?;
+    let remote = crate::rootfs::remote::RemoteCache::from_config(&ctx.config)?;
     let bctx = BuildCtx {
         recipes: &recipes,
         cache: &cache,
         resolutions: &resolutions,
         failed_layers: None,
+        remote: remote.as_ref(),
     };
     let mut outcomes = Vec::new();
     for n in &names {

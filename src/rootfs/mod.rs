@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod clean;
 pub mod dpkg;
+pub mod remote;
 pub mod sandbox;
 pub mod tree;
 
@@ -24,7 +25,9 @@ use cache::{CacheError, LayerCache, LayerMeta};
 /// Layers that failed in this run, so images sharing them skip instead of failing
 /// the same way again (digest -> "image: error").
 #[derive(Debug, Default)]
-pub struct FailedLayers(std::sync::Mutex<std::collections::HashMap<String, (String, String, String)>>);
+pub struct FailedLayers(
+    std::sync::Mutex<std::collections::HashMap<String, (String, String, String)>>,
+);
 
 impl FailedLayers {
     fn record(&self, digest: &str, layer: &str, image: &str, error: &str) {
@@ -67,6 +70,8 @@ pub struct RootfsCtx<'a> {
     pub secrets: &'a [(String, Vec<u8>)],
     /// Shared by the images of one nightly.
     pub failed_layers: Option<&'a FailedLayers>,
+    /// The layer cache CI workers share (`[cache.s3]`).
+    pub remote: Option<&'a remote::RemoteCache>,
 }
 
 /// One layer as the build saw it.
@@ -141,19 +146,40 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
             tokio::task::spawn_blocking(move || c.lock(&d)).await??
         };
         let node = p.layer(&digest).expect("plan has the layer").clone();
-        if plan::CacheView::has_layer(ctx.cache, &digest) {
-            match ctx.cache.verify(&digest) {
-                Ok(meta) => {
-                    tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
-                    outcomes.push(outcome(&name, &node, meta, false));
-                    pending.push(digest);
-                    continue;
+        let mut held = None;
+        for round in 0..2 {
+            if plan::CacheView::has_layer(ctx.cache, &digest) {
+                match ctx.cache.verify(&digest) {
+                    Ok(meta) => {
+                        tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
+                        if let Some(r) = ctx.remote {
+                            // Share what this worker has with the others.
+                            r.upload(ctx.cache, &digest).await?;
+                        }
+                        outcomes.push(outcome(&name, &node, meta, false));
+                        pending.push(digest.clone());
+                        break;
+                    }
+                    Err(e @ CacheError::Corrupt { .. }) => {
+                        tracing::warn!(image, layer = %name, "{e}");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e @ CacheError::Corrupt { .. }) => {
-                    tracing::warn!(image, layer = %name, "{e}");
-                }
-                Err(e) => return Err(e.into()),
             }
+            match ctx.remote {
+                // Fetched while we waited for its builder: go round once more to use it.
+                Some(r) if round == 0 => match r.claim_or_wait(ctx.cache, &digest).await? {
+                    None => continue,
+                    Some(h) => {
+                        held = Some(h);
+                        break;
+                    }
+                },
+                _ => break,
+            }
+        }
+        if pending.last() == Some(&digest) {
+            continue;
         }
         if let Some(f) = ctx.failed_layers.and_then(|f| f.get(&digest)) {
             return Err(f.into());
@@ -170,11 +196,31 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
                     .and_then(|n| n.resolved.clone())
             })
             .flatten();
-        let meta = match build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await {
+        let built = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await;
+        if let (Some(r), Ok(_)) = (ctx.remote, &built) {
+            let up = r.upload(ctx.cache, &digest).await;
+            if let Some(h) = held.take() {
+                r.release(h).await;
+            }
+            up?;
+        }
+        if let (Some(r), Some(h)) = (ctx.remote, held.take()) {
+            r.release(h).await;
+        }
+        let meta = match built {
             Ok(m) => m,
             Err(e) => {
                 if let Some(f) = ctx.failed_layers {
-                    f.record(&digest, &name, image, &format!("{e:#}").lines().next().unwrap_or_default().to_string());
+                    f.record(
+                        &digest,
+                        &name,
+                        image,
+                        &format!("{e:#}")
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
                 }
                 return Err(e);
             }
