@@ -215,11 +215,7 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
                         &digest,
                         &name,
                         image,
-                        &format!("{e:#}")
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
+                        format!("{e:#}").lines().next().unwrap_or_default(),
                     );
                 }
                 return Err(e);
