@@ -19,7 +19,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Project configuration.
-    #[arg(long, global = true, default_value = "goldsmith.toml", env = "GOLDSMITH_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "goldsmith.toml",
+        env = "GOLDSMITH_CONFIG"
+    )]
     pub config: PathBuf,
     /// Machine-readable output (JSON; JSON lines for streams).
     #[arg(long, global = true)]

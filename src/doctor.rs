@@ -18,22 +18,95 @@ struct Tool {
 }
 
 const TOOLS: &[Tool] = &[
-    Tool { program: "mmdebstrap", version_args: &["--version"], minimum: "1.3", package: "mmdebstrap", needed_for: "bootstrapping base layers", required: true },
-    Tool { program: "apt-get", version_args: &["--version"], minimum: "2.6", package: "apt", needed_for: "resolving package versions", required: true },
-    Tool { program: "bwrap", version_args: &["--version"], minimum: "0.8", package: "bubblewrap", needed_for: "running layer scripts isolated from the host", required: true },
-    Tool { program: "mkfs.ext4", version_args: &["-V"], minimum: "1.47", package: "e2fsprogs", needed_for: "the root file system (mkfs.ext4 -d)", required: true },
-    Tool { program: "mkfs.fat", version_args: &["--help"], minimum: "4.2", package: "dosfstools", needed_for: "the EFI system partition (--invariant, --offset)", required: true },
-    Tool { program: "mcopy", version_args: &["--version"], minimum: "4.0", package: "mtools", needed_for: "filling the ESP without mounting it", required: true },
-    Tool { program: "qemu-img", version_args: &["--version"], minimum: "5.1", package: "qemu-utils", needed_for: "qcow2/VMDK/VHD conversion (zstd qcow2 needs 5.1)", required: true },
-    Tool { program: "qemu-system-x86_64", version_args: &["--version"], minimum: "7.0", package: "qemu-system-x86", needed_for: "boot smoke tests", required: true },
-    Tool { program: "skopeo", version_args: &["--version"], minimum: "1.9", package: "skopeo", needed_for: "checking OCI output in tests (optional)", required: false },
-    Tool { program: "minisign", version_args: &["-v"], minimum: "0.9", package: "minisign", needed_for: "checking signatures by hand (optional)", required: false },
+    Tool {
+        program: "mmdebstrap",
+        version_args: &["--version"],
+        minimum: "1.3",
+        package: "mmdebstrap",
+        needed_for: "bootstrapping base layers",
+        required: true,
+    },
+    Tool {
+        program: "apt-get",
+        version_args: &["--version"],
+        minimum: "2.6",
+        package: "apt",
+        needed_for: "resolving package versions",
+        required: true,
+    },
+    Tool {
+        program: "bwrap",
+        version_args: &["--version"],
+        minimum: "0.8",
+        package: "bubblewrap",
+        needed_for: "running layer scripts isolated from the host",
+        required: true,
+    },
+    Tool {
+        program: "mkfs.ext4",
+        version_args: &["-V"],
+        minimum: "1.47",
+        package: "e2fsprogs",
+        needed_for: "the root file system (mkfs.ext4 -d)",
+        required: true,
+    },
+    Tool {
+        program: "mkfs.fat",
+        version_args: &["--help"],
+        minimum: "4.2",
+        package: "dosfstools",
+        needed_for: "the EFI system partition (--invariant, --offset)",
+        required: true,
+    },
+    Tool {
+        program: "mcopy",
+        version_args: &["--version"],
+        minimum: "4.0",
+        package: "mtools",
+        needed_for: "filling the ESP without mounting it",
+        required: true,
+    },
+    Tool {
+        program: "qemu-img",
+        version_args: &["--version"],
+        minimum: "5.1",
+        package: "qemu-utils",
+        needed_for: "qcow2/VMDK/VHD conversion (zstd qcow2 needs 5.1)",
+        required: true,
+    },
+    Tool {
+        program: "qemu-system-x86_64",
+        version_args: &["--version"],
+        minimum: "7.0",
+        package: "qemu-system-x86",
+        needed_for: "boot smoke tests",
+        required: true,
+    },
+    Tool {
+        program: "skopeo",
+        version_args: &["--version"],
+        minimum: "1.9",
+        package: "skopeo",
+        needed_for: "checking OCI output in tests (optional)",
+        required: false,
+    },
+    Tool {
+        program: "minisign",
+        version_args: &["-v"],
+        minimum: "0.9",
+        package: "minisign",
+        needed_for: "checking signatures by hand (optional)",
+        required: false,
+    },
 ];
 
 const FIRMWARE: &[(&str, &str)] = &[
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
-    ("/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "systemd-boot-efi"),
+    (
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        "systemd-boot-efi",
+    ),
 ];
 
 #[derive(Debug, Serialize)]
@@ -170,7 +243,10 @@ pub fn version_at_least(v: &str, min: &str) -> bool {
     let parse = |s: &str| -> Vec<u64> { s.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     let (a, b) = (parse(v), parse(min));
     for i in 0..a.len().max(b.len()) {
-        let (x, y) = (a.get(i).copied().unwrap_or(0), b.get(i).copied().unwrap_or(0));
+        let (x, y) = (
+            a.get(i).copied().unwrap_or(0),
+            b.get(i).copied().unwrap_or(0),
+        );
         if x != y {
             return x > y;
         }
@@ -239,7 +315,13 @@ pub fn to_text(r: &Report) -> String {
     for t in &r.tools {
         s.push_str(&format!(
             "  {} {:<20} {:<10} (min {}{})  {}\n",
-            if t.ok { "ok  " } else if t.required { "MISS" } else { "opt " },
+            if t.ok {
+                "ok  "
+            } else if t.required {
+                "MISS"
+            } else {
+                "opt "
+            },
             t.program,
             t.version.clone().unwrap_or_else(|| "-".into()),
             t.minimum,
@@ -272,7 +354,11 @@ pub fn to_text(r: &Report) -> String {
                 .join(" ")
         ));
     }
-    s.push_str(if r.ok { "all good\n" } else { "some checks failed\n" });
+    s.push_str(if r.ok {
+        "all good\n"
+    } else {
+        "some checks failed\n"
+    });
     s
 }
 
@@ -286,6 +372,9 @@ mod tests {
         assert!(version_at_least("1.47.0", "1.47"));
         assert!(!version_at_least("1.46.5", "1.47"));
         assert!(version_at_least("10.0", "7.0"));
-        assert_eq!(first_version("mke2fs 1.47.0 (5-Feb-2023)").as_deref(), Some("1.47.0"));
+        assert_eq!(
+            first_version("mke2fs 1.47.0 (5-Feb-2023)").as_deref(),
+            Some("1.47.0")
+        );
     }
 }

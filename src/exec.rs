@@ -158,7 +158,8 @@ impl Cmd {
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -466,7 +467,10 @@ struct GroupGuard {
 impl GroupGuard {
     fn register(pgid: i32, own_group: bool, display: &str) -> Self {
         if own_group && pgid > 0 {
-            live_groups().lock().unwrap().insert(pgid, display.to_string());
+            live_groups()
+                .lock()
+                .unwrap()
+                .insert(pgid, display.to_string());
             if let Some(dir) = pid_dir() {
                 let body = format!("{} {} {}\n", std::process::id(), run_id(), display);
                 let _ = std::fs::write(dir.join(format!("{pgid}.pid")), body);

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -29,9 +27,7 @@ pub fn atomic_write_json(path: &Path, v: &impl serde::Serialize) -> std::io::Res
 pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     // link(2) fails with EEXIST instead of replacing: exactly one creator wins.
@@ -52,7 +48,8 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Read and parse a JSON file.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let b = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let b =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", path.display()))
 }
 

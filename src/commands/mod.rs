@@ -33,7 +33,7 @@ pub struct Ctx {
 
 impl Ctx {
     fn new(global: Global) -> anyhow::Result<Ctx> {
-        let explicit = global.config != PathBuf::from("goldsmith.toml");
+        let explicit = global.config.as_path() != std::path::Path::new("goldsmith.toml");
         let config = Config::load(&global.config, explicit)?;
         let vars = global
             .vars
@@ -127,7 +127,11 @@ fn cancelled(sig: i32) -> u8 {
     // The pipeline future is already dropped here; make sure nothing it started survives.
     exec::kill_all();
     exec::CANCELLED_BY.store(sig, std::sync::atomic::Ordering::SeqCst);
-    let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+    let name = if sig == libc::SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
     eprintln!("goldsmith: cancelled by {name}; child processes killed, temporary files removed");
     (128 + sig) as u8
 }
@@ -221,5 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// The error of a command this build does not have yet.
 pub(crate) fn not_yet(name: &str) -> anyhow::Result<u8> {
-    Err(anyhow::anyhow!("`goldsmith {name}` is not available in this build yet"))
+    Err(anyhow::anyhow!(
+        "`goldsmith {name}` is not available in this build yet"
+    ))
 }

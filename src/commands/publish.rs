@@ -1,7 +1,10 @@
 //! `goldsmith publish` commands.
 
 use super::{not_yet, Ctx};
-use crate::cli::{FetchArgs, GcArgs, KeygenArgs, ListArgs, PromoteArgs, PublishArgs, RevokeArgs, ShowArgs, VerifySignatureArgs};
+use crate::cli::{
+    FetchArgs, GcArgs, KeygenArgs, ListArgs, PromoteArgs, PublishArgs, RevokeArgs, ShowArgs,
+    VerifySignatureArgs,
+};
 
 pub async fn publish(_ctx: &Ctx, _args: PublishArgs) -> anyhow::Result<u8> {
     not_yet("publish")

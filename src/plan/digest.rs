@@ -86,8 +86,18 @@ pub fn layer_digest(layer: &Layer, rendered: &RenderedLayer, ctx: &DigestContext
             mirror: ctx.mirror,
         }),
         repositories: &def.repositories,
-        install: def.packages.install.iter().map(|p| p.get_ref().as_str()).collect(),
-        remove: def.packages.remove.iter().map(|p| p.get_ref().as_str()).collect(),
+        install: def
+            .packages
+            .install
+            .iter()
+            .map(|p| p.get_ref().as_str())
+            .collect(),
+        remove: def
+            .packages
+            .remove
+            .iter()
+            .map(|p| p.get_ref().as_str())
+            .collect(),
         files: rendered
             .files
             .iter()

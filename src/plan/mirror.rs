@@ -181,8 +181,14 @@ mod tests {
         )
         .unwrap();
         let s = host_sources(d.path());
-        assert_eq!(find(&s, "trixie").as_deref(), Some("http://a.example/debian"));
-        assert_eq!(find(&s, "bookworm").as_deref(), Some("http://b.example/debian"));
+        assert_eq!(
+            find(&s, "trixie").as_deref(),
+            Some("http://a.example/debian")
+        );
+        assert_eq!(
+            find(&s, "bookworm").as_deref(),
+            Some("http://b.example/debian")
+        );
         assert_eq!(
             find(&s, "bookworm-security").as_deref(),
             Some("http://b.example/debian-security")

@@ -193,9 +193,7 @@ fn list_toml(dir: &Path) -> Vec<(String, PathBuf)> {
             rd.flatten()
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .filter_map(|p| {
-                    Some((p.file_stem()?.to_string_lossy().into_owned(), p.clone()))
-                })
+                .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p.clone())))
                 .collect()
         })
         .unwrap_or_default();

@@ -85,7 +85,11 @@ pub(super) fn layer(
         };
         let mode = f.mode.as_ref().and_then(|m| parse_mode(m.get_ref()).ok());
         let dest = f.dest.get_ref().trim_end_matches('/').to_string();
-        let dest = if dest.is_empty() { "/".to_string() } else { dest };
+        let dest = if dest.is_empty() {
+            "/".to_string()
+        } else {
+            dest
+        };
         if f.template {
             if !src.is_file() {
                 errs.push(layer.source.error_at(
@@ -111,7 +115,11 @@ pub(super) fn layer(
         }
         match expand(&src, &dest, mode, &f.owner, &f.group) {
             Ok(v) => files.extend(v),
-            Err(m) => errs.push(layer.source.error_at(f.source.span(), format!("files: {m}"))),
+            Err(m) => errs.push(
+                layer
+                    .source
+                    .error_at(f.source.span(), format!("files: {m}")),
+            ),
         }
     }
     let mut scripts = Vec::new();
@@ -124,10 +132,11 @@ pub(super) fn layer(
                 match std::fs::read(&full) {
                     Ok(b) => (p.get_ref().clone(), b, Some(full)),
                     Err(e) => {
-                        errs.push(layer.source.error_at(
-                            p.span(),
-                            format!("scripts[{i}].path: cannot read: {e}"),
-                        ));
+                        errs.push(
+                            layer
+                                .source
+                                .error_at(p.span(), format!("scripts[{i}].path: cannot read: {e}")),
+                        );
                         continue;
                     }
                 }
@@ -211,10 +220,7 @@ fn expand(
         .sort_by_file_name()
     {
         let entry = entry.map_err(|e| e.to_string())?;
-        let rel = entry
-            .path()
-            .strip_prefix(src)
-            .map_err(|e| e.to_string())?;
+        let rel = entry.path().strip_prefix(src).map_err(|e| e.to_string())?;
         let rel_str = rel.to_str().ok_or_else(|| {
             format!(
                 "'{}' has a file name that is not UTF-8; rename it",
@@ -241,7 +247,8 @@ fn expand(
         } else if ft.is_dir() {
             (FileKind::Dir, own_mode)
         } else if ft.is_file() {
-            let (size, sha256) = crate::fsutil::sha256_file(entry.path()).map_err(|e| e.to_string())?;
+            let (size, sha256) =
+                crate::fsutil::sha256_file(entry.path()).map_err(|e| e.to_string())?;
             (
                 FileKind::Disk {
                     path: entry.path().to_owned(),

@@ -67,7 +67,12 @@ pub(super) fn layer(layer: &Layer) -> ConfigErrors {
             ));
         }
     }
-    for p in def.packages.install.iter().chain(def.packages.remove.iter()) {
+    for p in def
+        .packages
+        .install
+        .iter()
+        .chain(def.packages.remove.iter())
+    {
         if !valid_package(p.get_ref()) {
             errs.push(src.error_at(
                 p.span(),
@@ -207,7 +212,13 @@ pub(super) fn image<'a>(
                     if config.def.targets.is_empty() {
                         "none".to_string()
                     } else {
-                        config.def.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                        config
+                            .def
+                            .targets
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 ),
             ));
@@ -240,7 +251,10 @@ fn checks(src: &SourceFile, key: &str, checks: &[CheckDef]) -> ConfigErrors {
         if names.insert(c.name.get_ref(), ()).is_some() {
             errs.push(src.error_at(
                 c.name.span(),
-                format!("{key}[{i}]: check name '{}' is used twice", c.name.get_ref()),
+                format!(
+                    "{key}[{i}]: check name '{}' is used twice",
+                    c.name.get_ref()
+                ),
             ));
         }
         for re in c.regexes() {
@@ -316,7 +330,10 @@ pub fn resolve_source(layer_dir: &Path, sub: &str, rel: &str) -> Result<PathBuf,
     }
     let full = layer_dir.join(sub).join(p);
     if full.symlink_metadata().is_err() {
-        return Err(format!("'{rel}' not found in {}", layer_dir.join(sub).display()));
+        return Err(format!(
+            "'{rel}' not found in {}",
+            layer_dir.join(sub).display()
+        ));
     }
     let real = full
         .canonicalize()
@@ -336,7 +353,9 @@ pub fn resolve_source(layer_dir: &Path, sub: &str, rel: &str) -> Result<PathBuf,
 fn absolute_dest(d: &str) -> Result<(), String> {
     let p = Path::new(d);
     if !p.is_absolute() {
-        return Err(format!("'{d}' is not an absolute path (e.g. \"/etc/motd\")"));
+        return Err(format!(
+            "'{d}' is not an absolute path (e.g. \"/etc/motd\")"
+        ));
     }
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!("'{d}' must not contain '..'"));

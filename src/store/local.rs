@@ -256,7 +256,10 @@ mod tests {
             .await
             .unwrap_err()
             .is_conflict());
-        let e2 = s.put_if_match("a/b.json", b"3".to_vec(), &e1).await.unwrap();
+        let e2 = s
+            .put_if_match("a/b.json", b"3".to_vec(), &e1)
+            .await
+            .unwrap();
         assert!(s
             .put_if_match("a/b.json", b"4".to_vec(), &e1)
             .await

@@ -75,7 +75,9 @@ pub trait Store: Send + Sync {
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
     {
         return Err(format!("invalid store key '{key}'"));
     }
