@@ -308,14 +308,18 @@ pub async fn push_layout(
     client.store_auth_if_needed(&registry, &auth).await;
 
     // Blobs first (config and layers, each once), then the manifest under every tag.
-    let mut unique: Vec<&LayoutBlob> = Vec::new();
+    let mut unique: Vec<LayoutBlob> = Vec::new();
     for b in &layout.blobs {
         if !unique.iter().any(|u| u.digest == b.digest) {
-            unique.push(b);
+            unique.push(b.clone());
         }
     }
+    // Owned blobs and a named async block keep the stream's future Send (a closure
+    // borrowing its argument is not general enough for the publish trait's Send bound).
+    let pusher = &pusher;
+    let first = &first;
     let results: Vec<Option<u64>> = stream::iter(unique)
-        .map(|blob| pusher.push_blob(&first, blob))
+        .map(|blob| async move { pusher.push_blob(first, &blob).await })
         .buffer_unordered(BLOB_CONCURRENCY)
         .try_collect()
         .await?;

@@ -163,13 +163,16 @@ impl Ec2Client {
         action: &str,
         params: &[(String, String)],
     ) -> Result<String, Ec2Error> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("Action", action);
-        form.append_pair("Version", API_VERSION);
-        for (k, v) in params {
-            form.append_pair(k, v);
-        }
-        let body = form.finish();
+        // The serializer is not Send: finish it before the first await.
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("Action", action);
+            form.append_pair("Version", API_VERSION);
+            for (k, v) in params {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
         let url = format!("{}/", self.endpoint);
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
 
