@@ -377,8 +377,8 @@ async fn copy_to(
     created: &mut Created,
 ) -> Result<AmiRecord, AmiError> {
     let ec2 = aws.ec2_in(c.dest);
-    let (image_id, new) = match existing_image(aws, c.dest, c.name, c.digest).await? {
-        Some((id, _)) => (id, false),
+    let image_id = match existing_image(aws, c.dest, c.name, c.digest).await? {
+        Some((id, _)) => id,
         None => {
             // One token for every attempt: a retried CopyImage does not copy twice.
             let token = hex::encode(rand::random::<[u8; 16]>());
@@ -389,7 +389,7 @@ async fn copy_to(
                 .await?;
             created.images.push((c.dest.to_string(), id.clone()));
             tag(aws, c.dest, &id, c.tags).await?;
-            (id, true)
+            id
         }
     };
     aws.wait_image(c.dest, &image_id).await?;
@@ -399,11 +399,6 @@ async fn copy_to(
         })
         .await?;
     let snapshot_id = info.and_then(|i| i.root_snapshot).unwrap_or_default();
-    if new && !snapshot_id.is_empty() {
-        created
-            .snapshots
-            .push((c.dest.to_string(), snapshot_id.clone()));
-    }
     grant(aws, c.dest, &image_id, c.accounts).await?;
     Ok(AmiRecord {
         target: aws.target.into(),
@@ -413,17 +408,31 @@ async fn copy_to(
     })
 }
 
-/// Remove what this call created (best effort, newest first).
+/// Remove what this call created (best effort, newest first). Deregistering an AMI keeps
+/// its snapshot, so each AMI's root snapshot is looked up first and deleted too (a copy
+/// that failed halfway has one we never saw).
 async fn roll_back(aws: &Aws<'_>, created: Created) {
+    let mut snapshots = created.snapshots;
     for (region, id) in created.images.iter().rev() {
-        if let Err(e) = aws.ec2_in(region).deregister_image(id).await {
+        let ec2 = aws.ec2_in(region);
+        if let Ok(Some(snap)) = ec2
+            .describe_image(id)
+            .await
+            .map(|i| i.and_then(|i| i.root_snapshot))
+        {
+            let entry = (region.clone(), snap);
+            if !snapshots.contains(&entry) {
+                snapshots.push(entry);
+            }
+        }
+        if let Err(e) = ec2.deregister_image(id).await {
             tracing::warn!(
                 target_name = aws.target,
                 "could not deregister AMI {id} in {region} after the failure: {e}"
             );
         }
     }
-    for (region, id) in created.snapshots.iter().rev() {
+    for (region, id) in snapshots.iter().rev() {
         if let Err(e) = aws.ec2_in(region).delete_snapshot(id).await {
             tracing::warn!(
                 target_name = aws.target,
