@@ -900,3 +900,73 @@ fn chromium_checks_catch_a_broken_page() {
     assert!(shot.non_white < 0.001);
     assert_eq!(shot.near[0], 0);
 }
+
+#[test]
+fn cancelled_run_with_unchanged_and_skipped_images() {
+    let mut base = published("base", 1.2, 9.0);
+    base.status = ImageStatus::Unchanged;
+    base.changes.clear();
+    base.package_changes.clear();
+    base.layers_rebuilt.clear();
+    base.boot_secs = None;
+    base.rollout_events = 0;
+    for s in &mut base.stages[1..] {
+        *s = stage(&s.stage, StageStatus::Skipped, 0.0, "nothing changed");
+    }
+    let mut web = published("web", 0.0, 0.0);
+    web.status = ImageStatus::Skipped;
+    web.failed_stage = Some("build".into());
+    web.version = None;
+    web.boot_secs = None;
+    web.artifacts.clear();
+    web.changes.clear();
+    web.package_changes.clear();
+    web.layers_rebuilt.clear();
+    for s in &mut web.stages {
+        *s = stage(&s.stage, StageStatus::Skipped, 0.0, "cancelled by SIGTERM");
+    }
+    let mut r = run(RUN, vec![base, web]);
+    r.exit_code = 143;
+    r.cancelled = Some("SIGTERM".into());
+    let (dir, _) = written(&r, &history());
+
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(
+        md.starts_with("## goldsmith nightly 20250106T020000Z: cancelled\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("**0 published, 1 unchanged, 0 failed, 1 skipped**"),
+        "{md}"
+    );
+    assert!(md.contains("The run was cancelled by SIGTERM."), "{md}");
+    assert!(md.contains("### Skipped: web at build"), "{md}");
+    assert!(!md.contains("### What changed"), "{md}");
+
+    let v = python(JUNITPARSER, &[&dir.path().join("junit.xml")]);
+    assert_eq!(
+        (v["tests"].as_u64(), v["failures"].as_u64()),
+        (Some(8), Some(0))
+    );
+
+    let html = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    let dom = scraper::Html::parse_document(&html);
+    assert_eq!(
+        image_rows(&dom),
+        [
+            ("base".to_string(), "unchanged".to_string()),
+            ("web".to_string(), "skipped".to_string())
+        ]
+    );
+    assert!(html.contains("Cancelled by SIGTERM."));
+    // The unchanged image's cached build counts in the chart; the skipped one's does not.
+    assert_eq!(
+        polylines(&dom, "build"),
+        BTreeMap::from([("build-base".into(), 6), ("build-web".into(), 5)])
+    );
+
+    let prom = std::fs::read_to_string(dir.path().join("goldsmith.prom")).unwrap();
+    assert!(prom.contains("goldsmith_nightly_success{image=\"base\"} 1\n"));
+    assert!(prom.contains("goldsmith_nightly_success{image=\"web\"} 0\n"));
+    assert!(!prom.contains("image=\"web\",stage="), "{prom}");
+}

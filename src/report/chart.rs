@@ -106,8 +106,14 @@ pub fn render(kind: &str, title: &str, runs: &[String], series: &[Series]) -> St
 
     // X labels: at most X_LABELS, always including the newest run.
     out.push_str(r#"<g class="axis x">"#);
-    let stride = runs.len().div_ceil(X_LABELS).max(1);
-    for (i, run) in runs.iter().enumerate() {
+    let labels = run_labels(runs);
+    let max_labels = if labels.iter().any(|l| l.len() > 5) {
+        X_LABELS / 2
+    } else {
+        X_LABELS
+    };
+    let stride = runs.len().div_ceil(max_labels).max(1);
+    for (i, label) in labels.iter().enumerate() {
         let newest = i + 1 == runs.len();
         if !newest && (i % stride != 0 || runs.len() - 1 - i < stride) {
             continue;
@@ -117,7 +123,7 @@ pub fn render(kind: &str, title: &str, runs: &[String], series: &[Series]) -> St
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             x(i),
             H - BOTTOM + 18.0,
-            esc(&run_label(run))
+            esc(label)
         );
     }
     out.push_str("</g>");
@@ -206,12 +212,28 @@ fn axis_label(v: f64) -> String {
     }
 }
 
-/// `20250105T020000Z` → `01-05`; anything else is shown as it is.
-fn run_label(run: &str) -> String {
-    match chrono::NaiveDateTime::parse_from_str(run, "%Y%m%dT%H%M%SZ") {
-        Ok(t) => t.format("%m-%d").to_string(),
-        Err(_) => run.to_string(),
-    }
+/// Axis labels of run ids: `20250105T020000Z` → `01-05`, with the time as well
+/// (`01-05 02:00`) when some day had more than one run; other ids are shown as they are.
+fn run_labels(runs: &[String]) -> Vec<String> {
+    let times: Vec<Option<chrono::NaiveDateTime>> = runs
+        .iter()
+        .map(|r| chrono::NaiveDateTime::parse_from_str(r, "%Y%m%dT%H%M%SZ").ok())
+        .collect();
+    let days: Vec<_> = times.iter().flatten().map(|t| t.date()).collect();
+    let mut unique = days.clone();
+    unique.dedup();
+    let fmt = if unique.len() == days.len() {
+        "%m-%d"
+    } else {
+        "%m-%d %H:%M"
+    };
+    runs.iter()
+        .zip(times)
+        .map(|(r, t)| {
+            t.map(|t| t.format(fmt).to_string())
+                .unwrap_or_else(|| r.clone())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,7 +250,15 @@ mod tests {
         assert_eq!(axis_label(90.0), "1m 30s");
         assert_eq!(axis_label(5400.0), "1h 30m");
         assert_eq!(axis_label(7.5), "7.5s");
-        assert_eq!(run_label("20250105T020000Z"), "01-05");
+        let runs = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            run_labels(&runs(&["20250105T020000Z", "20250106T020000Z", "x"])),
+            ["01-05", "01-06", "x"]
+        );
+        assert_eq!(
+            run_labels(&runs(&["20250105T020000Z", "20250105T140000Z"])),
+            ["01-05 02:00", "01-05 14:00"]
+        );
     }
 
     #[test]

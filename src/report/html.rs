@@ -46,6 +46,7 @@ td.stage-skipped { color: #888; }
 .verdict-failed { color: #b00020; }
 details.image-detail { border: 1px solid #e4e4e4; border-radius: 4px; padding: 8px 12px; margin: 8px 0; }
 details.image-detail > summary { cursor: pointer; font-weight: 600; }
+details.image-detail h3 { margin-top: 12px; }
 pre.error { background: #fbf3f3; border-left: 3px solid #b00020; padding: 8px; overflow-x: auto; white-space: pre-wrap; word-break: break-word; max-height: 420px; }
 ul.changes { margin: 4px 0 8px 18px; padding: 0; }
 table.packages { width: auto; margin: 4px 0 8px; }
@@ -430,16 +431,13 @@ fn charts(out: &mut String, r: &NightlyReport, history: &[NightlyReport]) {
         }
     }
     let ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-    let find = |run: &NightlyReport, image: &str| -> Option<ImageReport> {
-        run.images.iter().find(|i| i.image == image).cloned()
-    };
-    let build_secs = |i: ImageReport| {
+    let build_secs = |i: &ImageReport| {
         i.stages
             .iter()
             .find(|s| s.stage == "build" && s.status == StageStatus::Passed)
             .map(|s| s.secs)
     };
-    let series = |kind: &str, value: &dyn Fn(ImageReport) -> Option<f64>| -> Vec<Series> {
+    let series = |kind: &str, value: &dyn Fn(&ImageReport) -> Option<f64>| -> Vec<Series> {
         images
             .iter()
             .enumerate()
@@ -449,13 +447,18 @@ fn charts(out: &mut String, r: &NightlyReport, history: &[NightlyReport]) {
                 style: n,
                 values: runs
                     .iter()
-                    .map(|run| find(run, image).and_then(value))
+                    .map(|run| {
+                        run.images
+                            .iter()
+                            .find(|i| i.image == *image)
+                            .and_then(value)
+                    })
                     .collect(),
             })
             .collect()
     };
     let build = series("build", &build_secs);
-    let boot = series("boot", &|i: ImageReport| i.boot_secs);
+    let boot = series("boot", &|i: &ImageReport| i.boot_secs);
 
     let _ = writeln!(out, "<h2>Over the last {} nightlies</h2>", runs.len());
     out.push_str("<div class=\"charts\">\n");
