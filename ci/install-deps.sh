@@ -29,7 +29,7 @@ if [ "$missing" -eq 1 ]; then
 fi
 
 # Python tools used only by the tests to check our outputs with code we did not write.
-PIP_PKGS=("moto[server]" standardwebhooks junitparser cyclonedx-python-lib jsonschema pyyaml)
-if ! python3 -c 'import moto, standardwebhooks, junitparser, cyclonedx, jsonschema, yaml' 2>/dev/null; then
+PIP_PKGS=("moto[server]" standardwebhooks junitparser cyclonedx-python-lib jsonschema pyyaml prometheus_client)
+if ! python3 -c 'import moto, standardwebhooks, junitparser, cyclonedx, jsonschema, yaml, prometheus_client' 2>/dev/null; then
   python3 -m pip install -q "${PIP_PKGS[@]}"
 fi

@@ -15,7 +15,7 @@ use crate::artifact::{
 };
 use crate::config::Config;
 use crate::exec::{self, Cmd};
-use crate::plan::{digest::sha256_hex, Resolver};
+use crate::plan::{digest::sha256_hex, Resolutions};
 use crate::recipe::{Format, Image, Recipes};
 use crate::rootfs::{self, cache::LayerCache, Layers};
 use crate::{disk, format, fsutil};
@@ -27,7 +27,11 @@ const KEEP_BUILDS: usize = 3;
 pub struct BuildCtx<'a> {
     pub recipes: &'a Recipes,
     pub cache: &'a LayerCache,
-    pub resolver: &'a dyn Resolver,
+    pub resolutions: &'a Resolutions,
+    /// Layers that failed earlier in this run (a nightly shares it between images).
+    pub failed_layers: Option<&'a rootfs::FailedLayers>,
+    /// The layer cache shared by CI workers.
+    pub remote: Option<&'a rootfs::remote::RemoteCache>,
 }
 
 impl BuildCtx<'_> {
@@ -43,6 +47,9 @@ pub struct BuildOutcome {
     /// Nothing changed since the latest build: it was reused as is.
     pub up_to_date: bool,
     pub record: BuildRecord,
+    /// The layers as this run saw them (for an up-to-date build the record is the
+    /// earlier build's; this says what happened now).
+    pub layers: Vec<crate::artifact::LayerRecord>,
 }
 
 /// Resolve the build-time secrets the image's layers declare.
@@ -116,13 +123,23 @@ pub async fn build_image(
     let rctx = rootfs::RootfsCtx {
         recipes: ctx.recipes,
         cache: ctx.cache,
-        resolver: ctx.resolver,
+        resolutions: ctx.resolutions,
         sde,
         step_timeout: timeout,
         secrets: &secrets,
+        failed_layers: ctx.failed_layers,
+        remote: ctx.remote,
     };
     let layers = rootfs::ensure_layers(&rctx, name).await?;
     stages.push(timing("layers", t));
+    for l in &layers.layers {
+        ctx.cache.record_history(name, &l.record.name, &l.summary)?;
+    }
+    let changes: Vec<crate::artifact::LayerChange> = layers
+        .layers
+        .iter()
+        .filter_map(|l| l.changes.clone())
+        .collect();
 
     let digest = content_digest(image, &layers, sde);
     let formats: Vec<Format> = if only_formats.is_empty() {
@@ -149,6 +166,7 @@ pub async fn build_image(
                         dir,
                         up_to_date: true,
                         record: rec,
+                        layers: layers.layers.iter().map(|l| l.record.clone()).collect(),
                     });
                 }
             }
@@ -229,7 +247,7 @@ pub async fn build_image(
         },
         kernel_cmdline: image.cmdline.clone(),
         stages,
-        changes: Vec::new(),
+        changes,
     };
     fsutil::atomic_write_json(&staging.path().join("build.json"), &record)?;
     let dir = root.join(&build_id);
@@ -241,6 +259,7 @@ pub async fn build_image(
     Ok(BuildOutcome {
         dir,
         up_to_date: false,
+        layers: record.layers.clone(),
         record,
     })
 }

@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod plan;
 pub mod publish;
 pub mod recipe;
+pub mod report;
 pub mod rollout;
 pub mod rootfs;
 pub mod store;

@@ -3,16 +3,21 @@
 mod support;
 
 use goldsmith::config::Config;
-use goldsmith::plan::{self, NoCache, NoResolve};
+use goldsmith::plan::{self, NoCache, Resolutions};
 use proptest::prelude::*;
 use support::Project;
 
 /// A fixed (fake) mirror, so digests do not depend on this host's apt sources.
 const MIRRORS: &str = "mirror = \"http://mirror.example/debian\"\nsecurity_mirror = \"http://security.example/debian-security\"\n";
 
+/// The example with a fixed mirror and a cache of its own (an empty one: the plan then
+/// does not depend on what other tests built).
 fn example() -> Project {
     let p = Project::example();
-    let cfg = p.read("goldsmith.toml");
+    let cfg = p.read("goldsmith.toml").replace(
+        &support::shared_cache().display().to_string(),
+        &p.path("cache").display().to_string(),
+    );
     p.write("goldsmith.toml", &format!("{MIRRORS}{cfg}"));
     p
 }
@@ -130,7 +135,7 @@ fn stack_project(contents: &[String]) -> tempfile::TempDir {
 fn stack_digests(d: &tempfile::TempDir) -> Vec<String> {
     let cfg = Config::load(&d.path().join("goldsmith.toml"), true).unwrap();
     let recipes = goldsmith::recipe::load(&cfg, &[]).unwrap();
-    let p = plan::make(&recipes, &[], &NoCache, &NoResolve).unwrap();
+    let p = plan::make(&recipes, &[], &NoCache, &Resolutions::none()).unwrap();
     p.images[0].layers.clone()
 }
 

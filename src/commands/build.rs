@@ -1,6 +1,6 @@
 //! `goldsmith build` and `goldsmith lock`.
 
-use super::{not_yet, say, Ctx};
+use super::{say, Ctx};
 use crate::build::{self, BuildCtx};
 use crate::cli::{BuildArgs, LockArgs};
 use crate::plan;
@@ -18,10 +18,22 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
         args.images.clone()
     };
     let cache = LayerCache::open(&ctx.config.cache_dir());
+    let resolutions = plan::resolve::resolve(
+        &recipes,
+        &names,
+        &plan::ResolveOptions {
+            offline: args.offline,
+            locked: args.locked,
+        },
+    )
+    .await?;
+    let remote = crate::rootfs::remote::RemoteCache::from_config(&ctx.config)?;
     let bctx = BuildCtx {
         recipes: &recipes,
         cache: &cache,
-        resolver: &plan::NoResolve,
+        resolutions: &resolutions,
+        failed_layers: None,
+        remote: remote.as_ref(),
     };
     let mut outcomes = Vec::new();
     for n in &names {
@@ -45,7 +57,7 @@ fn summary(o: &build::BuildOutcome) -> String {
         if o.up_to_date { "up to date" } else { "built" },
         plan::short(&r.content_digest)
     );
-    for l in &r.layers {
+    for l in &o.layers {
         s.push_str(&format!(
             "  layer {:<16} {}  {}\n",
             l.name,
@@ -88,6 +100,42 @@ pub fn human(b: u64) -> String {
     }
 }
 
-pub async fn lock(_ctx: &Ctx, _args: LockArgs) -> anyhow::Result<u8> {
-    not_yet("lock")
+/// `goldsmith lock [IMAGES]`: write each image's resolved package sets to
+/// `images/<image>.lock`.
+pub async fn lock(ctx: &Ctx, args: LockArgs) -> anyhow::Result<u8> {
+    let recipes = ctx.recipes()?;
+    let names: Vec<String> = if args.images.is_empty() {
+        recipes.images.keys().cloned().collect()
+    } else {
+        args.images.clone()
+    };
+    let res = plan::resolve::resolve(&recipes, &names, &plan::ResolveOptions::default()).await?;
+    for name in &names {
+        let image = recipes.image(name)?;
+        let stack: Vec<&crate::recipe::Layer> = image
+            .layers
+            .iter()
+            .map(|r| &recipes.layers[&r.name])
+            .collect();
+        let b = stack[0]
+            .def
+            .bootstrap
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("image {name}: no base layer"))?;
+        let mirrors = plan::mirror::resolve(b.get_ref(), &recipes.config)
+            .map_err(|m| anyhow::anyhow!("layer {}: {m}", stack[0].name))?;
+        let mut layers = Vec::new();
+        for i in 0..stack.len() {
+            let set = res
+                .get(&plan::resolve::stack_key(&stack[..=i], &mirrors))
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+            layers.push((stack[i].name.clone(), set));
+        }
+        let lock = plan::resolve::LockFile::new(name, layers);
+        let path = plan::resolve::lock_path(&recipes, name);
+        crate::fsutil::atomic_write(&path, lock.to_toml().as_bytes())?;
+        say(&format!("wrote {}\n", path.display()));
+    }
+    Ok(0)
 }

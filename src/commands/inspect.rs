@@ -49,7 +49,31 @@ pub fn validate(ctx: &Ctx) -> anyhow::Result<u8> {
 pub async fn plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
     let cache = crate::rootfs::cache::LayerCache::open(&ctx.config.cache_dir());
-    let p = plan::make(&recipes, &args.images, &cache, &plan::NoResolve)?;
+    let resolutions = if args.no_resolve || args.matrix {
+        plan::Resolutions::none()
+    } else {
+        plan::resolve::resolve(
+            &recipes,
+            &args.images,
+            &plan::ResolveOptions {
+                offline: args.offline,
+                locked: args.locked,
+            },
+        )
+        .await?
+    };
+    let p = plan::make(&recipes, &args.images, &cache, &resolutions)?;
+    if args.matrix {
+        // One unit per image: `goldsmith nightly --unit image:NAME` runs it on a worker;
+        // layers shared between units come from the shared layer cache.
+        let include: Vec<serde_json::Value> = p
+            .images
+            .iter()
+            .map(|i| serde_json::json!({"unit": format!("image:{}", i.name), "image": i.name}))
+            .collect();
+        say(&format!("{}\n", serde_json::json!({ "include": include })));
+        return Ok(0);
+    }
     if ctx.global.json {
         ctx.print_json(&plan::to_json(&p, &recipes))?;
     } else {

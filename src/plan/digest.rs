@@ -74,6 +74,64 @@ pub struct DigestContext<'a> {
     pub resolved: Option<&'a [ResolvedPackage]>,
 }
 
+/// What a layer's digest was made from, in a form that can be compared with an earlier
+/// build to say why the layer changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct InputSummary {
+    pub digest: String,
+    pub parent: Option<String>,
+    /// Everything but files, scripts and packages.
+    pub definition: String,
+    /// Destination -> content digest.
+    pub files: BTreeMap<String, String>,
+    /// Script name -> sha256.
+    pub scripts: BTreeMap<String, String>,
+    pub packages: Vec<ResolvedPackage>,
+}
+
+/// The digest of `layer` as rendered for one image, with its input summary.
+pub fn layer_digest_and_summary(
+    layer: &Layer,
+    rendered: &RenderedLayer,
+    ctx: &DigestContext,
+) -> (String, InputSummary) {
+    let digest = layer_digest(layer, rendered, ctx);
+    let no_content = DigestContext {
+        parent: None,
+        mirror: ctx.mirror,
+        source_date_epoch: ctx.source_date_epoch,
+        resolved: None,
+    };
+    let bare = RenderedLayer {
+        name: rendered.name.clone(),
+        dir: rendered.dir.clone(),
+        files: Vec::new(),
+        scripts: Vec::new(),
+    };
+    let summary = InputSummary {
+        digest: digest.clone(),
+        parent: ctx.parent.map(str::to_string),
+        definition: layer_digest(layer, &bare, &no_content),
+        files: rendered
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.dest.clone(),
+                    format!("{:o} {}:{} {}", f.mode, f.owner, f.group, f.kind.digest()),
+                )
+            })
+            .collect(),
+        scripts: rendered
+            .scripts
+            .iter()
+            .map(|s| (s.name.clone(), hex::encode(Sha256::digest(&s.body))))
+            .collect(),
+        packages: ctx.resolved.map(<[_]>::to_vec).unwrap_or_default(),
+    };
+    (digest, summary)
+}
+
 /// The digest of `layer` as rendered for one image.
 pub fn layer_digest(layer: &Layer, rendered: &RenderedLayer, ctx: &DigestContext) -> String {
     let def = &layer.def;

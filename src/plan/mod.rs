@@ -1,16 +1,20 @@
 //! The plan stage: digest every layer of every image and turn the images into a DAG of
 //! build units. Layers with equal digests are one node, built once and shared.
 
+pub mod changes;
 pub mod digest;
 pub mod mirror;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::artifact::LayerChange;
 use crate::recipe::{Format, Image, Layer, Recipes};
-pub use digest::{short, ResolvedPackage};
+pub use digest::{short, InputSummary, ResolvedPackage};
 pub use mirror::Mirrors;
+pub use resolve::{Resolutions, ResolveOptions};
 
 /// What the plan needs to know about the layer cache.
 pub trait CacheView {
@@ -22,6 +26,11 @@ pub trait CacheView {
         let _ = digest;
         None
     }
+    /// The inputs of the last build of `layer` for `image` (to say why it rebuilds).
+    fn history(&self, image: &str, layer: &str) -> Option<InputSummary> {
+        let _ = (image, layer);
+        None
+    }
 }
 
 /// A cache that holds nothing (validation, tests).
@@ -29,30 +38,6 @@ pub struct NoCache;
 impl CacheView for NoCache {
     fn has_layer(&self, _: &str) -> bool {
         false
-    }
-}
-
-/// A request to resolve the full package set a layer will end up with.
-pub struct ResolveRequest<'a> {
-    pub image: &'a str,
-    /// The stack up to and including the layer being resolved, base first.
-    pub stack: &'a [&'a Layer],
-    pub mirrors: &'a Mirrors,
-    /// The set the layer below ends up with (None for the base layer).
-    pub below: Option<&'a [ResolvedPackage]>,
-}
-
-/// Resolves package sets against the archive (upstream-aware rebuilds).
-pub trait Resolver {
-    /// `Ok(None)` means "not resolved": the digest then covers declared names only.
-    fn resolve(&self, req: &ResolveRequest) -> anyhow::Result<Option<Vec<ResolvedPackage>>>;
-}
-
-/// Digests from declared inputs only (validate, and tests that must not touch the network).
-pub struct NoResolve;
-impl Resolver for NoResolve {
-    fn resolve(&self, _: &ResolveRequest) -> anyhow::Result<Option<Vec<ResolvedPackage>>> {
-        Ok(None)
     }
 }
 
@@ -70,6 +55,11 @@ pub struct LayerNode {
     pub resolved: Option<Vec<ResolvedPackage>>,
     /// Index of this layer in its images' stacks (0 = base).
     pub depth: usize,
+    /// What the digest was made from.
+    #[serde(skip)]
+    pub summary: InputSummary,
+    /// Why it (re)builds, for a layer that is not cached.
+    pub changes: Option<LayerChange>,
 }
 
 /// One image: its layer stack and formats.
@@ -103,7 +93,7 @@ pub fn make(
     recipes: &Recipes,
     only: &[String],
     cache: &dyn CacheView,
-    resolver: &dyn Resolver,
+    resolutions: &Resolutions,
 ) -> anyhow::Result<Plan> {
     let sde = recipes.config.source_date_epoch();
     let mut nodes: BTreeMap<String, LayerNode> = BTreeMap::new();
@@ -127,21 +117,17 @@ pub fn make(
             None => anyhow::bail!("image {}: no base layer", image.name),
         };
         let mut parent: Option<String> = None;
-        let mut below: Option<Vec<ResolvedPackage>> = None;
         let mut digests = Vec::new();
         for (i, layer) in stack.iter().enumerate() {
-            let resolved = resolver.resolve(&ResolveRequest {
-                image: &image.name,
-                stack: &stack[..=i],
-                mirrors: &mirrors,
-                below: below.as_deref(),
-            })?;
+            let resolved = resolutions
+                .get(&resolve::stack_key(&stack[..=i], &mirrors))
+                .map(<[_]>::to_vec);
             // Layers key off their parent's representative digest, so a parent rebuilt
             // to byte-identical output does not invalidate them (early cut-off).
             let parent_key = parent
                 .as_deref()
                 .map(|p| cache.representative(p).unwrap_or_else(|| p.to_string()));
-            let d = digest::layer_digest(
+            let (d, summary) = digest::layer_digest_and_summary(
                 layer,
                 &image.layers[i],
                 &digest::DigestContext {
@@ -153,21 +139,30 @@ pub fn make(
             );
             let node = nodes.entry(d.clone()).or_insert_with(|| {
                 order.push(d.clone());
+                let cached = cache.has_layer(&d);
+                let changes = (!cached).then(|| {
+                    changes::explain(
+                        &layer.name,
+                        cache.history(&image.name, &layer.name).as_ref(),
+                        &summary,
+                    )
+                });
                 LayerNode {
                     digest: d.clone(),
                     name: layer.name.clone(),
                     parent: parent.clone(),
                     images: Vec::new(),
-                    cached: cache.has_layer(&d),
+                    cached,
                     mirrors: layer.is_base().then(|| mirrors.clone()),
                     resolved: resolved.clone(),
                     depth: i,
+                    summary,
+                    changes,
                 }
             });
             node.images.push(image.name.clone());
             digests.push(d.clone());
             parent = Some(d);
-            below = resolved.or(below);
         }
         images.push(ImagePlan {
             name: image.name.clone(),
@@ -206,12 +201,19 @@ pub fn to_json(plan: &Plan, recipes: &Recipes) -> serde_json::Value {
                 .iter()
                 .map(|d| {
                     let n = plan.layer(d).expect("plan layers exist");
-                    serde_json::json!({
+                    let mut v = serde_json::json!({
                         "name": n.name,
                         "digest": n.digest,
                         "cached": n.cached,
                         "shared_with": n.images.iter().filter(|i| **i != img.name).collect::<Vec<_>>(),
-                    })
+                    });
+                    if let Some(c) = &n.changes {
+                        v["changes"] = serde_json::to_value(c).unwrap_or_default();
+                    }
+                    if let Some(r) = &n.resolved {
+                        v["packages"] = r.len().into();
+                    }
+                    v
                 })
                 .collect();
             serde_json::json!({
@@ -288,6 +290,30 @@ pub fn to_text(plan: &Plan) -> String {
                     format!("  shared with {}", others.join(", "))
                 }
             ));
+            if let Some(c) = &n.changes {
+                for why in &c.inputs {
+                    s.push_str(&format!("      why: {why}\n"));
+                }
+                let moved: Vec<String> = c.packages.iter().map(changes::describe_package).collect();
+                if !moved.is_empty() {
+                    const SHOWN: usize = 12;
+                    let more = moved.len().saturating_sub(SHOWN);
+                    s.push_str(&format!(
+                        "      packages: {}{}\n",
+                        moved
+                            .iter()
+                            .take(SHOWN)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if more > 0 {
+                            format!(" (+{more} more)")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
         }
     }
     let to_build = plan.layers.iter().filter(|n| !n.cached).count();

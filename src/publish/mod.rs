@@ -9,6 +9,7 @@
 //! - [`ChannelObserver`]: called with the [`model::ChannelMove`]s after a channel
 //!   pointer moved (never before), so rollout can trigger the hosts that follow it.
 
+pub mod ami;
 pub mod channel;
 pub mod fetch;
 pub mod flow;
@@ -16,6 +17,9 @@ pub mod gc;
 pub mod layout;
 pub mod lifecycle;
 pub mod model;
+pub mod oci_layout;
+pub mod registry;
+pub mod retry;
 pub mod sbom;
 pub mod sign;
 pub mod target;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::model::{AmiRecord, OciPushed, TargetRecords};
 use crate::artifact::BuildRecord;
 use crate::config::{Config, TargetDef};
+use crate::recipe::Format;
 
 /// What a target is told about the publish it is part of.
 #[derive(Debug, Clone)]
@@ -87,12 +88,89 @@ pub fn from_config(config: &Config, names: &[String]) -> anyhow::Result<Vec<Name
     Ok(out)
 }
 
-/// One target from its definition. The registry and AMI implementations plug in here.
-fn build_target(name: &str, def: &TargetDef) -> anyhow::Result<Arc<dyn PublishTarget>> {
-    let kind = if def.registry.is_some() {
-        "registry"
+/// One target from its definition.
+fn build_target(_name: &str, def: &TargetDef) -> anyhow::Result<Arc<dyn PublishTarget>> {
+    if def.registry.is_some() {
+        Ok(Arc::new(RegistryTarget))
     } else {
-        "ami"
-    };
-    anyhow::bail!("publish target '{name}': {kind} targets are not available in this build yet")
+        Ok(Arc::new(AmiTarget))
+    }
+}
+
+/// The artifact a target needs, or an error saying how to get it.
+fn needed<'a>(
+    ctx: &TargetContext<'_>,
+    build: &'a BuildRecord,
+    f: Format,
+    kind: &str,
+) -> anyhow::Result<&'a crate::artifact::Artifact> {
+    build.artifact(f).ok_or_else(|| {
+        anyhow::anyhow!(
+            "publish target '{}' ({kind}) needs the {f} format, which image {} does not build: add \"{f}\" to its formats",
+            ctx.name,
+            ctx.image
+        )
+    })
+}
+
+/// Pushes the build's OCI layout, tagged with the version and the channel.
+struct RegistryTarget;
+
+#[async_trait::async_trait]
+impl PublishTarget for RegistryTarget {
+    async fn publish(
+        &self,
+        ctx: &TargetContext<'_>,
+        build_dir: &Path,
+        build: &BuildRecord,
+        version: &str,
+    ) -> anyhow::Result<TargetOutcome> {
+        let cfg = ctx.def.registry.as_ref().expect("registry target");
+        let oci = needed(ctx, build, Format::Oci, "OCI registry")?;
+        let creds = super::registry::credentials_from_env(ctx.name, cfg)?;
+        let tags = vec![version.to_string(), ctx.channel.to_string()];
+        let out = super::registry::push_layout(
+            &super::registry::PushRequest {
+                target: ctx.name,
+                config: cfg,
+                image: ctx.image,
+                layout: &build_dir.join(&oci.path),
+                tags: &tags,
+            },
+            creds.as_ref(),
+            &super::retry::RetryPolicy::default(),
+        )
+        .await?;
+        Ok(TargetOutcome::Oci(out.pushed))
+    }
+}
+
+/// Uploads the raw disk as an EBS snapshot and registers it as an AMI.
+struct AmiTarget;
+
+#[async_trait::async_trait]
+impl PublishTarget for AmiTarget {
+    async fn publish(
+        &self,
+        ctx: &TargetContext<'_>,
+        build_dir: &Path,
+        build: &BuildRecord,
+        version: &str,
+    ) -> anyhow::Result<TargetOutcome> {
+        let cfg = ctx.def.ami.as_ref().expect("ami target");
+        let raw = needed(ctx, build, Format::Raw, "AWS AMI")?;
+        let records = super::ami::publish_ami(
+            &super::ami::AmiRequest {
+                target: ctx.name,
+                config: cfg,
+                raw_disk: &build_dir.join(&raw.path),
+                image: ctx.image,
+                version,
+                content_digest: &format!("sha256:{}", build.content_digest),
+            },
+            &super::ami::AmiOptions::default(),
+        )
+        .await?;
+        Ok(TargetOutcome::Ami(records))
+    }
 }

@@ -211,6 +211,23 @@ pub(super) fn image<'a>(
         errs.push(src.error("formats: list at least one output format"));
     }
     for t in &def.publish.targets {
+        if let Some(target) = config.def.targets.get(t.get_ref()) {
+            let has = |f: &str| def.formats.iter().any(|x| x.get_ref().as_str() == f);
+            let (kind, needs) = if target.registry.is_some() {
+                ("an OCI registry", "oci")
+            } else {
+                ("an AWS AMI", "raw")
+            };
+            if !has(needs) {
+                errs.push(src.error_at(
+                    t.span(),
+                    format!(
+                        "publish.targets: '{}' is {kind} target, which needs the \"{needs}\" format; add it to formats",
+                        t.get_ref()
+                    ),
+                ));
+            }
+        }
         if !config.def.targets.contains_key(t.get_ref()) {
             errs.push(src.error_at(
                 t.span(),

@@ -28,11 +28,13 @@ pub struct ApplyCtx<'a> {
 const STAGE: &str = "/run/goldsmith/stage";
 const SECRETS: &str = "/run/goldsmith/secrets";
 
-/// Apply everything but the bootstrap.
+/// Apply everything but the bootstrap. `exact` replaces the layer's declared installs
+/// with exact `name=version` pins (the plan's resolution).
 pub async fn apply_layer(
     ctx: &ApplyCtx<'_>,
     layer: &Layer,
     rendered: &RenderedLayer,
+    exact: Option<&[String]>,
     tree: &Path,
 ) -> anyhow::Result<()> {
     let def = &layer.def;
@@ -49,12 +51,15 @@ pub async fn apply_layer(
         if !def.repositories.is_empty() {
             write_repositories(layer, tree)?;
         }
-        let install: Vec<&str> = def
-            .packages
-            .install
-            .iter()
-            .map(|p| p.get_ref().as_str())
-            .collect();
+        let install: Vec<&str> = match exact {
+            Some(pins) => pins.iter().map(String::as_str).collect(),
+            None => def
+                .packages
+                .install
+                .iter()
+                .map(|p| p.get_ref().as_str())
+                .collect(),
+        };
         let remove: Vec<&str> = def
             .packages
             .remove
@@ -167,16 +172,20 @@ async fn packages(
     // apt locks the shared archive folder; builds on this host take turns here.
     let _lock = FileLock::acquire(&ctx.cache_root.join("locks/apt-archives.lock"))?;
     let mut script = String::from("set -eu\n");
-    script.push_str("apt-get update -q -o Acquire::Retries=3\n");
+    // The sandbox is the isolation; apt's own _apt user could not read file: repositories
+    // in folders only root may enter.
+    script.push_str(
+        "APT='-o APT::Sandbox::User=root'\napt-get $APT update -q -o Acquire::Retries=3\n",
+    );
     if !install.is_empty() {
         let _ = writeln!(
             script,
-            "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold {}",
+            "apt-get $APT install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold {}",
             install.join(" ")
         );
     }
     if !remove.is_empty() {
-        let _ = writeln!(script, "apt-get purge -y -q {}", remove.join(" "));
+        let _ = writeln!(script, "apt-get $APT purge -y -q {}", remove.join(" "));
     }
     let mut sb = base
         .clone()

@@ -176,10 +176,7 @@ impl LayerCache {
             let existing = existing.trim().to_string();
             if existing != meta.digest && self.entry_dir(&existing).join("meta.json").is_file() {
                 // Same bytes as an entry we have: keep one copy, remember the equivalence.
-                fsutil::atomic_write(
-                    &self.root.join("equiv").join(&meta.digest),
-                    existing.as_bytes(),
-                )?;
+                self.record_equivalence(&meta.digest, &existing)?;
                 return Ok(Some(existing));
             }
         }
@@ -199,6 +196,14 @@ impl LayerCache {
         fsutil::sync_dir(&self.root.join("layers"))?;
         fsutil::atomic_write(&out_index, meta.digest.as_bytes())?;
         Ok(None)
+    }
+
+    /// Remember that `digest` produces the same output as the entry `representative`.
+    pub fn record_equivalence(&self, digest: &str, representative: &str) -> std::io::Result<()> {
+        fsutil::atomic_write(
+            &self.root.join("equiv").join(digest),
+            representative.as_bytes(),
+        )
     }
 
     /// A lock held while a layer digest is being built, so two builds on one host do
@@ -241,5 +246,29 @@ impl CacheView for LayerCache {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
+    }
+
+    fn history(&self, image: &str, layer: &str) -> Option<crate::plan::InputSummary> {
+        fsutil::read_json(&self.history_path(image, layer)).ok()
+    }
+}
+
+impl LayerCache {
+    fn history_path(&self, image: &str, layer: &str) -> PathBuf {
+        self.root
+            .join("history")
+            .join(image)
+            .join(format!("{layer}.json"))
+    }
+
+    /// Remember what the layer was last built from for `image`, so the next plan can say
+    /// why it rebuilds.
+    pub fn record_history(
+        &self,
+        image: &str,
+        layer: &str,
+        summary: &crate::plan::InputSummary,
+    ) -> std::io::Result<()> {
+        fsutil::atomic_write_json(&self.history_path(image, layer), summary)
     }
 }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod clean;
 pub mod dpkg;
+pub mod remote;
 pub mod sandbox;
 pub mod tree;
 
@@ -17,19 +18,60 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::artifact::LayerRecord;
-use crate::plan::{self, Resolver};
+use crate::plan::{self, Resolutions};
 use crate::recipe::Recipes;
 use cache::{CacheError, LayerCache, LayerMeta};
+
+/// Layers that failed in this run, so images sharing them skip instead of failing
+/// the same way again (digest -> "image: error").
+#[derive(Debug, Default)]
+pub struct FailedLayers(
+    std::sync::Mutex<std::collections::HashMap<String, (String, String, String)>>,
+);
+
+impl FailedLayers {
+    fn record(&self, digest: &str, layer: &str, image: &str, error: &str) {
+        self.0.lock().unwrap().insert(
+            digest.to_string(),
+            (layer.to_string(), image.to_string(), error.to_string()),
+        );
+    }
+
+    fn get(&self, digest: &str) -> Option<DependencyFailed> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(digest)
+            .map(|(layer, image, reason)| DependencyFailed {
+                layer: layer.clone(),
+                image: image.clone(),
+                reason: reason.clone(),
+            })
+    }
+}
+
+/// An image was not built because a layer it shares failed for another image.
+#[derive(Debug, thiserror::Error)]
+#[error("skipped: layer {layer} failed while building image {image}: {reason}")]
+pub struct DependencyFailed {
+    pub layer: String,
+    pub image: String,
+    pub reason: String,
+}
 
 /// What the rootfs stage needs.
 pub struct RootfsCtx<'a> {
     pub recipes: &'a Recipes,
     pub cache: &'a LayerCache,
-    pub resolver: &'a dyn Resolver,
+    pub resolutions: &'a Resolutions,
     pub sde: i64,
     pub step_timeout: Duration,
     /// Build-time secrets (name, value) for layer scripts.
     pub secrets: &'a [(String, Vec<u8>)],
+    /// Shared by the images of one nightly.
+    pub failed_layers: Option<&'a FailedLayers>,
+    /// The layer cache CI workers share (`[cache.s3]`).
+    pub remote: Option<&'a remote::RemoteCache>,
 }
 
 /// One layer as the build saw it.
@@ -37,6 +79,10 @@ pub struct RootfsCtx<'a> {
 pub struct LayerOutcome {
     pub record: LayerRecord,
     pub meta: LayerMeta,
+    /// What the layer's digest was made from (kept as the layer's history).
+    pub summary: plan::InputSummary,
+    /// Why it was rebuilt (None when it came from the cache).
+    pub changes: Option<crate::artifact::LayerChange>,
 }
 
 /// The image's layers, all in the cache.
@@ -86,7 +132,12 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
     for i in 0..n {
         // Re-plan each step: a layer just rebuilt to byte-identical output makes the
         // layers above it key off the earlier digest (early cut-off).
-        let p = plan::make(ctx.recipes, &[image.to_string()], ctx.cache, ctx.resolver)?;
+        let p = plan::make(
+            ctx.recipes,
+            &[image.to_string()],
+            ctx.cache,
+            ctx.resolutions,
+        )?;
         let digest = p.images[0].layers[i].clone();
         let name = img.layers[i].name.clone();
         let lock = {
@@ -94,19 +145,44 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
             let d = digest.clone();
             tokio::task::spawn_blocking(move || c.lock(&d)).await??
         };
-        if plan::CacheView::has_layer(ctx.cache, &digest) {
-            match ctx.cache.verify(&digest) {
-                Ok(meta) => {
-                    tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
-                    outcomes.push(outcome(&name, &digest, meta, false));
-                    pending.push(digest);
-                    continue;
+        let node = p.layer(&digest).expect("plan has the layer").clone();
+        let mut held = None;
+        for round in 0..2 {
+            if plan::CacheView::has_layer(ctx.cache, &digest) {
+                match ctx.cache.verify(&digest) {
+                    Ok(meta) => {
+                        tracing::info!(image, layer = %name, "layer {name} {}: cached", plan::short(&digest));
+                        if let Some(r) = ctx.remote {
+                            // Share what this worker has with the others.
+                            r.upload(ctx.cache, &digest).await?;
+                        }
+                        outcomes.push(outcome(&name, &node, meta, false));
+                        pending.push(digest.clone());
+                        break;
+                    }
+                    Err(e @ CacheError::Corrupt { .. }) => {
+                        tracing::warn!(image, layer = %name, "{e}");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e @ CacheError::Corrupt { .. }) => {
-                    tracing::warn!(image, layer = %name, "{e}");
-                }
-                Err(e) => return Err(e.into()),
             }
+            match ctx.remote {
+                // Fetched while we waited for its builder: go round once more to use it.
+                Some(r) if round == 0 => match r.claim_or_wait(ctx.cache, &digest).await? {
+                    None => continue,
+                    Some(h) => {
+                        held = Some(h);
+                        break;
+                    }
+                },
+                _ => break,
+            }
+        }
+        if pending.last() == Some(&digest) {
+            continue;
+        }
+        if let Some(f) = ctx.failed_layers.and_then(|f| f.get(&digest)) {
+            return Err(f.into());
         }
         tracing::info!(image, layer = %name, "layer {name} {}: building", plan::short(&digest));
         if tree.is_none() {
@@ -114,10 +190,39 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
         }
         let t = tree.as_ref().expect("just created");
         materialize(ctx.cache, &t.path, &mut pending).await?;
-        let node = p.layer(&digest).expect("plan has the layer").clone();
-        let meta = build_layer(ctx, image, i, &node, &t.path).await?;
+        let below = (i > 0)
+            .then(|| {
+                p.layer(&p.images[0].layers[i - 1])
+                    .and_then(|n| n.resolved.clone())
+            })
+            .flatten();
+        let built = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await;
+        if let (Some(r), Ok(_)) = (ctx.remote, &built) {
+            let up = r.upload(ctx.cache, &digest).await;
+            if let Some(h) = held.take() {
+                r.release(h).await;
+            }
+            up?;
+        }
+        if let (Some(r), Some(h)) = (ctx.remote, held.take()) {
+            r.release(h).await;
+        }
+        let meta = match built {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(f) = ctx.failed_layers {
+                    f.record(
+                        &digest,
+                        &name,
+                        image,
+                        format!("{e:#}").lines().next().unwrap_or_default(),
+                    );
+                }
+                return Err(e);
+            }
+        };
         drop(lock);
-        outcomes.push(outcome(&name, &digest, meta, true));
+        outcomes.push(outcome(&name, &node, meta, true));
     }
     Ok(Layers {
         image: image.to_string(),
@@ -144,11 +249,13 @@ pub async fn materialize_all(cache: &LayerCache, layers: &Layers) -> anyhow::Res
     Ok(t)
 }
 
-fn outcome(name: &str, digest: &str, meta: LayerMeta, rebuilt: bool) -> LayerOutcome {
+fn outcome(name: &str, node: &plan::LayerNode, meta: LayerMeta, rebuilt: bool) -> LayerOutcome {
     LayerOutcome {
+        summary: node.summary.clone(),
+        changes: if rebuilt { node.changes.clone() } else { None },
         record: LayerRecord {
             name: name.to_string(),
-            digest: digest.to_string(),
+            digest: node.digest.clone(),
             output_digest: meta.output_digest.clone(),
             diff_size: meta.tar_size,
             rebuilt,
@@ -184,6 +291,7 @@ async fn build_layer(
     image: &str,
     i: usize,
     node: &plan::LayerNode,
+    below: Option<&[plan::ResolvedPackage]>,
     tree_path: &Path,
 ) -> anyhow::Result<LayerMeta> {
     let started = Instant::now();
@@ -223,18 +331,25 @@ async fn build_layer(
         .await
         .with_context(|| format!("layer {}", layer.name))?;
     }
+    // Install exactly what the plan resolved (new and moved packages), so the layer holds
+    // the versions its digest was made from, or fails naming the package that is gone.
+    let exact = match (&node.resolved, below) {
+        (Some(set), Some(below)) if !layer.is_base() => Some(exact_installs(set, below)),
+        _ => None,
+    };
     let actx = apply::ApplyCtx {
         cache_root: ctx.cache.root(),
         sde: ctx.sde,
         step_timeout: ctx.step_timeout,
         secrets: ctx.secrets,
     };
-    apply::apply_layer(&actx, layer, rendered, tree_path).await?;
+    apply::apply_layer(&actx, layer, rendered, exact.as_deref(), tree_path).await?;
     let cache = ctx.cache.clone();
     let t = tree_path.to_owned();
     let digest = node.digest.clone();
     let name = layer.name.clone();
     let sde = ctx.sde;
+    let resolved = node.resolved.clone();
     let meta = tokio::task::spawn_blocking(move || -> anyhow::Result<LayerMeta> {
         clean::clean(&t)?;
         let mut after = tree::snapshot(&t)?;
@@ -254,6 +369,15 @@ async fn build_layer(
         bw.flush()?;
         bw.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let packages = dpkg::installed(&t)?;
+        if let Some(resolved) = &resolved {
+            let moved = plan::changes::package_changes(resolved, &packages);
+            if !moved.is_empty() {
+                tracing::warn!(
+                    "layer {name}: the installed packages differ from the plan's resolution (did the archive change during the build?): {}",
+                    moved.iter().map(plan::changes::describe_package).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
         let meta = LayerMeta {
             digest: digest.clone(),
             name,
@@ -276,6 +400,18 @@ async fn build_layer(
     })
     .await??;
     Ok(meta)
+}
+
+/// `name=version` for every package of `set` that `below` lacks or has at another version.
+fn exact_installs(set: &[plan::ResolvedPackage], below: &[plan::ResolvedPackage]) -> Vec<String> {
+    let have: std::collections::HashMap<&str, &str> = below
+        .iter()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    set.iter()
+        .filter(|p| have.get(p.name.as_str()) != Some(&p.version.as_str()))
+        .map(|p| format!("{}={}", p.name, p.version))
+        .collect()
 }
 
 fn num_cpus() -> u32 {

@@ -1,0 +1,309 @@
+//! Upstream-aware rebuilds against a real local apt repository (packages made with
+//! dpkg-deb, indexes with apt-ftparchive, served as a file: URL): a new package version
+//! rebuilds exactly the layer that gets it and those above; nothing new rebuilds nothing;
+//! a lower layer rebuilt to identical bytes does not rebuild the layers above; `--locked`
+//! keeps a version while the archive has it; an unreachable repository fails with its URL.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{Project, Run};
+
+/// A flat apt repository in a folder.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::Builder::new()
+            .prefix("gs-repo-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        Repo { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Build `gs-demo_<version>_all.deb` (it installs /usr/share/gs-demo/version).
+    fn add(&self, version: &str) {
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path().join("pkg");
+        std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/gs-demo")).unwrap();
+        std::fs::write(
+            root.join("usr/share/gs-demo/version"),
+            format!("{version}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("DEBIAN/control"),
+            format!(
+                "Package: gs-demo\nVersion: {version}\nArchitecture: all\nMaintainer: goldsmith tests <tests@example.invalid>\nDescription: goldsmith upstream test package\n"
+            ),
+        )
+        .unwrap();
+        let deb = self.path().join(format!("gs-demo_{version}_all.deb"));
+        run_ok(
+            Command::new("dpkg-deb")
+                .args(["--root-owner-group", "-Zgzip", "--build"])
+                .arg(&root)
+                .arg(&deb),
+        );
+        self.index();
+    }
+
+    fn remove(&self, version: &str) {
+        std::fs::remove_file(self.path().join(format!("gs-demo_{version}_all.deb"))).unwrap();
+        self.index();
+    }
+
+    /// Packages + Release for a flat repository.
+    fn index(&self) {
+        let out = Command::new("apt-ftparchive")
+            .args(["packages", "."])
+            .current_dir(self.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(self.path().join("Packages"), &out.stdout).unwrap();
+        let out = Command::new("apt-ftparchive")
+            .args(["release", "."])
+            .current_dir(self.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::write(self.path().join("Release"), &out.stdout).unwrap();
+        // apt decides "unchanged" by the Release file's modification time as well.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+
+    fn uri(&self) -> String {
+        format!("file://{}", self.path().display())
+    }
+}
+
+fn run_ok(c: &mut Command) {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Image `u`: debian-base + `demo` (installs gs-demo from the repo) + `above` (a file).
+fn project(repo: &Repo) -> Project {
+    let p = Project::example();
+    p.write(
+        "recipes/demo/layer.toml",
+        &format!(
+            "[[repositories]]\nuri = \"{}\"\nsuite = \"./\"\ntrusted = true\n\n[packages]\ninstall = [\"gs-demo\"]\n",
+            repo.uri()
+        ),
+    );
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    p.write("recipes/above/files/note", &format!("above {nonce}\n"));
+    p.write(
+        "recipes/above/layer.toml",
+        "[[files]]\nsource = \"note\"\ndest = \"/etc/above-note\"\n",
+    );
+    p.write(
+        "images/u.toml",
+        "layers = [\"debian-base\", \"demo\", \"above\"]\nformats = [\"raw\"]\n",
+    );
+    p
+}
+
+fn build(p: &Project, extra: &[&str]) -> (Run, serde_json::Value) {
+    let mut args = vec!["build", "u", "--json"];
+    args.extend_from_slice(extra);
+    let r = p.run(&args).expect(0);
+    let v = r.json()[0].clone();
+    (r, v)
+}
+
+/// What this run did per layer (an up-to-date build's record is the earlier build's).
+fn rebuilt(v: &serde_json::Value) -> Vec<bool> {
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["rebuilt"].as_bool().unwrap())
+        .collect()
+}
+
+fn installed(v: &serde_json::Value, name: &str) -> Option<String> {
+    v["record"]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["version"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn a_new_upstream_version_rebuilds_exactly_the_layers_that_get_it() {
+    let repo = Repo::new();
+    repo.add("1.0");
+    let p = project(&repo);
+
+    let (_, first) = build(&p, &[]);
+    assert_eq!(
+        rebuilt(&first),
+        [false, true, true],
+        "debian-base cached, demo and above new"
+    );
+    assert_eq!(installed(&first, "gs-demo").as_deref(), Some("1.0"));
+
+    // Nothing new upstream: nothing is rebuilt.
+    let (r, second) = build(&p, &[]);
+    assert_eq!(second["up_to_date"], true, "{}", r.stderr);
+    assert!(!r.stderr.contains(": building"), "{}", r.stderr);
+
+    // gs-demo 1.1 appears upstream.
+    repo.add("1.1");
+    let plan = p.run(&["plan", "u"]).expect(0);
+    assert!(plan.stdout.contains("gs-demo 1.0 → 1.1"), "{}", plan.stdout);
+    let pj = p.run(&["plan", "u", "--json"]).expect(0).json();
+    let layers = pj["images"][0]["layers"].as_array().unwrap();
+    assert_eq!(
+        layers[0]["cached"], true,
+        "debian-base is untouched by gs-demo"
+    );
+    assert_eq!(layers[1]["cached"], false);
+    assert_eq!(layers[2]["cached"], false);
+    let moved = &layers[1]["changes"]["packages"];
+    assert_eq!(
+        moved,
+        &serde_json::json!([{"name": "gs-demo", "old": "1.0", "new": "1.1"}])
+    );
+
+    let (_, third) = build(&p, &[]);
+    assert_eq!(rebuilt(&third), [false, true, true]);
+    assert_eq!(installed(&third, "gs-demo").as_deref(), Some("1.1"));
+    let changes = &third["record"]["changes"];
+    assert!(
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["layer"] == "demo"
+                && c["packages"]
+                    == serde_json::json!([{"name": "gs-demo", "old": "1.0", "new": "1.1"}])),
+        "build.json names the package move: {changes}"
+    );
+}
+
+#[test]
+fn locked_builds_keep_a_version_while_the_archive_has_it() {
+    let repo = Repo::new();
+    repo.add("1.0");
+    let p = project(&repo);
+    let r = p.run(&["lock", "u"]).expect(0);
+    assert!(r.stdout.contains("u.lock"), "{}", r.stdout);
+    let lock = p.read("images/u.lock");
+    assert!(lock.contains("gs-demo 1.0 all"), "{lock}");
+
+    repo.add("1.1");
+    let (_, v) = build(&p, &["--locked"]);
+    assert_eq!(
+        installed(&v, "gs-demo").as_deref(),
+        Some("1.0"),
+        "the lock wins over the newer 1.1"
+    );
+    let (_, unlocked) = build(&p, &[]);
+    assert_eq!(installed(&unlocked, "gs-demo").as_deref(), Some("1.1"));
+
+    repo.remove("1.0");
+    let r = p.run(&["build", "u", "--locked"]).expect(1);
+    assert!(
+        r.stderr.contains("gs-demo 1.0") && r.stderr.contains("no longer in the archive"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("layer demo"), "{}", r.stderr);
+}
+
+#[test]
+fn identical_output_of_a_rebuilt_lower_layer_does_not_rebuild_the_layers_above() {
+    let p = Project::example();
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    p.write(
+        "recipes/mid/scripts/setup.sh",
+        &format!(
+            "#!/bin/sh\n# setup, version {nonce}\nset -e\necho configured > /etc/mid-configured\n"
+        ),
+    );
+    p.write(
+        "recipes/mid/layer.toml",
+        "[[scripts]]\npath = \"setup.sh\"\n",
+    );
+    p.write("recipes/top/files/note", &format!("top {nonce}\n"));
+    p.write(
+        "recipes/top/layer.toml",
+        "[[files]]\nsource = \"note\"\ndest = \"/etc/top-note\"\n",
+    );
+    p.write(
+        "images/e.toml",
+        "layers = [\"debian-base\", \"mid\", \"top\"]\nformats = [\"raw\"]\n",
+    );
+    let first = p.run(&["build", "e", "--json"]).expect(0).json();
+    assert_eq!(first[0]["layers"][2]["rebuilt"], true);
+
+    // Reword a comment: the script's digest changes, what it writes does not.
+    p.edit(
+        "recipes/mid/scripts/setup.sh",
+        "# setup, version",
+        "# Set the layer up; version",
+    );
+    let r = p.run(&["build", "e", "--json"]).expect(0);
+    let second = r.json();
+    let layers = second[0]["layers"].as_array().unwrap();
+    assert_eq!(layers[1]["rebuilt"], true, "mid ran again");
+    assert_ne!(layers[1]["digest"], first[0]["layers"][1]["digest"]);
+    assert_eq!(
+        layers[1]["output_digest"],
+        first[0]["layers"][1]["output_digest"]
+    );
+    assert_eq!(
+        layers[2]["rebuilt"], false,
+        "top was not rebuilt: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("output identical"), "{}", r.stderr);
+    let top_line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("layer top "))
+        .unwrap_or_default();
+    assert!(top_line.contains(": cached"), "stage log: {}", r.stderr);
+}
+
+#[test]
+fn an_unreachable_repository_fails_with_its_url() {
+    let p = Project::example();
+    let url = "http://127.0.0.1:9/debian-nowhere";
+    p.write(
+        "recipes/remote/layer.toml",
+        &format!("[[repositories]]\nuri = \"{url}\"\nsuite = \"stable\"\ncomponents = [\"main\"]\n\n[packages]\ninstall = [\"gs-demo\"]\n"),
+    );
+    p.write(
+        "images/r.toml",
+        "layers = [\"debian-base\", \"remote\"]\nformats = [\"raw\"]\n",
+    );
+    let r = p.run(&["plan", "r"]).expect(1);
+    assert!(r.stderr.contains(url), "{}", r.stderr);
+    assert!(r.stderr.contains("layer remote"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--offline"),
+        "offers --offline: {}",
+        r.stderr
+    );
+    let r = p.run(&["build", "r"]).expect(1);
+    assert!(r.stderr.contains(url), "{}", r.stderr);
+}
