@@ -85,6 +85,15 @@ pub fn base_image() -> PathBuf {
     let tmp = dst.with_extension("tmp");
     std::fs::copy(build.join("base.qcow2"), &tmp).unwrap();
     std::fs::rename(&tmp, &dst).unwrap();
+    // Test images of an earlier base are never used again.
+    let key = dst.file_stem().unwrap().to_string_lossy().into_owned();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let image = [".qcow2", ".vhd", ".ova"].iter().any(|x| name.ends_with(x));
+        if image && !name.contains(&key) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     dst
 }
 
@@ -243,9 +252,11 @@ pub fn derived_image(name: &str, edit: &Edit) -> PathBuf {
             .arg(&f)
             .arg(entry));
     }
+    // Compressed like the images goldsmith builds: the test images share a small disk.
     let tmp = out.with_extension("qcow2.tmp");
     run(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .args(["convert", "-c", "-o", "compression_type=zstd"])
+        .args(["-f", "raw", "-O", "qcow2"])
         .arg(&raw)
         .arg(&tmp));
     std::fs::remove_file(&raw).unwrap();
