@@ -58,6 +58,7 @@ struct Shared<'a> {
     failed_layers: FailedLayers,
     stage_timeout: Duration,
     remote: Option<crate::rootfs::remote::RemoteCache>,
+    resolve_errors: Mutex<std::collections::BTreeMap<String, anyhow::Error>>,
     /// The publish lock every publishing command holds shared (gc takes it exclusively).
     publish_lock: PathBuf,
 }
@@ -135,7 +136,9 @@ pub async fn run(
         // Triggers an interrupted earlier run owes are made before anything new moves.
         rollout::heads::reconcile_store(config, store.as_ref()).await?;
     }
-    let resolutions = plan::resolve::resolve(recipes, &names, &opts.resolve).await?;
+    // An image whose packages cannot be resolved fails alone, at its build stage.
+    let (resolutions, resolve_errors) =
+        plan::resolve::resolve_each(recipes, &names, &opts.resolve).await?;
     let jobs = if opts.jobs > 0 {
         opts.jobs
     } else {
@@ -160,6 +163,7 @@ pub async fn run(
         failed_layers: FailedLayers::default(),
         stage_timeout: Duration::from_secs(config.def.build.stage_timeout_secs),
         remote: crate::rootfs::remote::RemoteCache::from_config(config)?,
+        resolve_errors: Mutex::new(resolve_errors),
         publish_lock: crate::publish::lock_path(&config.cache_dir().join("run")),
     };
     let run_id = started.format("%Y%m%dT%H%M%SZ").to_string();
@@ -330,6 +334,19 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
     // build
     let t = Instant::now();
     sh.progress.event(name, "build", "started", "");
+    let unresolved = sh.resolve_errors.lock().unwrap().remove(name);
+    if let Some(e) = unresolved {
+        let msg = format!("{e:#}");
+        st.set(
+            "build",
+            StageStatus::Failed,
+            t,
+            first_line(&msg).to_string(),
+            1,
+        );
+        fail(&mut rep, &mut st, "build", ImageStatus::Failed, msg);
+        return finish(rep, st);
+    }
     let built = {
         let _slot = sh.build_slots.acquire().await.expect("semaphore open");
         let bctx = BuildCtx {
