@@ -181,23 +181,27 @@ pub async fn build_image(
     let tree = rootfs::materialize_all(ctx.cache, &layers).await?;
     stages.push(timing("tree", t));
 
-    let t = Instant::now();
     let raw = staging.path().join(format::file_name(name, Format::Raw));
-    disk::assemble(
-        &disk::DiskSpec {
-            image: name,
-            disk_mib: image.disk_mib,
-            esp_mib: image.def.disk.esp_mib,
-            cmdline: &image.cmdline,
-            content_digest: &digest,
-            sde,
-            timeout,
-        },
-        &tree.path,
-        &raw,
-    )
-    .await?;
-    stages.push(timing("disk", t));
+    // Container-only images (tar, OCI) need no disk, nor a kernel to boot it.
+    let needs_disk = formats.iter().any(|f| f.is_disk());
+    if needs_disk {
+        let t = Instant::now();
+        disk::assemble(
+            &disk::DiskSpec {
+                image: name,
+                disk_mib: image.disk_mib,
+                esp_mib: image.def.disk.esp_mib,
+                cmdline: &image.cmdline,
+                content_digest: &digest,
+                sde,
+                timeout,
+            },
+            &tree.path,
+            &raw,
+        )
+        .await?;
+        stages.push(timing("disk", t));
+    }
 
     let t = Instant::now();
     let source = source_info(&config.root).await;
@@ -217,7 +221,7 @@ pub async fn build_image(
     };
     let artifacts = format::produce(&fctx, &formats, staging.path(), &raw, &tree.path).await?;
     drop(tree);
-    if !formats.contains(&Format::Raw) {
+    if needs_disk && !formats.contains(&Format::Raw) {
         std::fs::remove_file(&raw)?;
     }
     stages.push(timing("formats", t));

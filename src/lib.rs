@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod exec;
 pub mod format;
 pub mod fsutil;
+pub mod nightly;
 pub mod plan;
 pub mod publish;
 pub mod recipe;

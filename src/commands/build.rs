@@ -9,7 +9,9 @@ use crate::rootfs::cache::LayerCache;
 /// `goldsmith build [IMAGES]`.
 pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
     let recipes = ctx.recipes()?;
-    let names: Vec<String> = if args.images.is_empty() {
+    let names: Vec<String> = if let Some(u) = &args.unit {
+        vec![crate::nightly::unit_image(u)?]
+    } else if args.images.is_empty() {
         recipes.images.keys().cloned().collect()
     } else {
         for n in &args.images {

@@ -222,10 +222,3 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Nightly(a) => nightly::nightly(&ctx, a).await,
     }
 }
-
-/// The error of a command this build does not have yet.
-pub(crate) fn not_yet(name: &str) -> anyhow::Result<u8> {
-    Err(anyhow::anyhow!(
-        "`goldsmith {name}` is not available in this build yet"
-    ))
-}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
 
-use crate::artifact::{BootRecord, BuildRecord, VerifyRecord};
+use crate::artifact::{BootRecord, VerifyRecord};
 use crate::build::{self, BuildCtx, BuildOutcome};
 use crate::config::Config;
 use crate::plan::{self, Resolutions};
@@ -23,8 +23,8 @@ use crate::publish::model::ChannelMove;
 use crate::publish::{sign::Signer, target, ChannelObserver};
 use crate::recipe::{Format, Recipes};
 use crate::report::model::{
-    ArtifactSize, ImageReport, ImageStatus, NightlyReport, StageReport, StageStatus,
-    REPORT_SCHEMA, STAGES,
+    ArtifactSize, ImageReport, ImageStatus, NightlyReport, StageReport, StageStatus, REPORT_SCHEMA,
+    STAGES,
 };
 use crate::rollout;
 use crate::rootfs::{cache::LayerCache, FailedLayers};
@@ -57,6 +57,10 @@ struct Shared<'a> {
     vm_slots: Semaphore,
     failed_layers: FailedLayers,
     stage_timeout: Duration,
+    remote: Option<crate::rootfs::remote::RemoteCache>,
+    resolve_errors: Mutex<std::collections::BTreeMap<String, anyhow::Error>>,
+    /// The publish lock every publishing command holds shared (gc takes it exclusively).
+    publish_lock: PathBuf,
 }
 
 /// Tells rollout about channel moves and remembers how many events each image got.
@@ -80,6 +84,19 @@ impl ChannelObserver for RolloutCollector {
         }
         Ok(())
     }
+}
+
+/// The image a CI unit (`goldsmith plan --matrix`) stands for.
+pub fn unit_image(unit: &str) -> anyhow::Result<String> {
+    unit.strip_prefix("image:")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            crate::commands::UsageError(format!(
+                "--unit '{unit}': expected image:NAME (as printed by `goldsmith plan --matrix`)"
+            ))
+            .into()
+        })
 }
 
 /// Run the nightly. Configuration problems are errors (exit 2); image failures are in
@@ -106,15 +123,27 @@ pub async fn run(
     let signer = Signer::from_config(config)?;
     for n in &names {
         let img = recipes.image(n)?;
-        let t: Vec<String> = img.def.publish.targets.iter().map(|t| t.get_ref().clone()).collect();
+        let t: Vec<String> = img
+            .def
+            .publish
+            .targets
+            .iter()
+            .map(|t| t.get_ref().clone())
+            .collect();
         target::from_config(config, &t)?;
     }
     if inventory.is_some() {
         // Triggers an interrupted earlier run owes are made before anything new moves.
         rollout::heads::reconcile_store(config, store.as_ref()).await?;
     }
-    let resolutions = plan::resolve::resolve(recipes, &names, &opts.resolve).await?;
-    let jobs = if opts.jobs > 0 { opts.jobs } else { config.jobs() };
+    // An image whose packages cannot be resolved fails alone, at its build stage.
+    let (resolutions, resolve_errors) =
+        plan::resolve::resolve_each(recipes, &names, &opts.resolve).await?;
+    let jobs = if opts.jobs > 0 {
+        opts.jobs
+    } else {
+        config.jobs()
+    };
     let shared = Shared {
         recipes,
         cache: LayerCache::open(&config.cache_dir()),
@@ -133,6 +162,9 @@ pub async fn run(
         vm_slots: Semaphore::new(vm_slots(config, recipes, &names)),
         failed_layers: FailedLayers::default(),
         stage_timeout: Duration::from_secs(config.def.build.stage_timeout_secs),
+        remote: crate::rootfs::remote::RemoteCache::from_config(config)?,
+        resolve_errors: Mutex::new(resolve_errors),
+        publish_lock: crate::publish::lock_path(&config.cache_dir().join("run")),
     };
     let run_id = started.format("%Y%m%dT%H%M%SZ").to_string();
     let report_dir = report_dir(config, opts, &run_id);
@@ -158,7 +190,11 @@ pub async fn run(
         cancelled: None,
         images,
     };
-    crate::report::write_all(&report, &crate::report::load_history(report_root(&report_dir), 30), &report_dir)?;
+    crate::report::write_all(
+        &report,
+        &crate::report::load_history(report_root(&report_dir), 30),
+        &report_dir,
+    )?;
     progress.finish();
     Ok(report)
 }
@@ -214,14 +250,12 @@ fn round(x: f64) -> f64 {
 
 /// The stage reports of an image, filled as it goes.
 struct Stages {
-    image: String,
     stages: Vec<StageReport>,
 }
 
 impl Stages {
-    fn new(image: &str) -> Stages {
+    fn new() -> Stages {
         Stages {
-            image: image.to_string(),
             stages: STAGES
                 .iter()
                 .map(|s| StageReport {
@@ -261,7 +295,7 @@ impl Stages {
 /// One image through all stages. Never fails: failures are in the returned report.
 async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> ImageReport {
     let image = sh.recipes.image(name).expect("checked before");
-    let mut st = Stages::new(name);
+    let mut st = Stages::new();
     let mut rep = ImageReport {
         image: name.to_string(),
         status: ImageStatus::Failed,
@@ -279,17 +313,40 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
         console_log: None,
         rollout_events: 0,
     };
-    let fail = |rep: &mut ImageReport, st: &mut Stages, stage: &str, status: ImageStatus, err: String| {
-        sh.progress.event(name, stage, if status == ImageStatus::Skipped { "skipped" } else { "failed" }, first_line(&err));
-        rep.status = status;
-        rep.failed_stage = Some(stage.to_string());
-        rep.error = Some(crate::exec::redact(&err));
-        st.skip_after(stage, &format!("skipped: {stage} did not succeed"));
-    };
+    let fail =
+        |rep: &mut ImageReport, st: &mut Stages, stage: &str, status: ImageStatus, err: String| {
+            sh.progress.event(
+                name,
+                stage,
+                if status == ImageStatus::Skipped {
+                    "skipped"
+                } else {
+                    "failed"
+                },
+                first_line(&err),
+            );
+            rep.status = status;
+            rep.failed_stage = Some(stage.to_string());
+            rep.error = Some(crate::exec::redact(&err));
+            st.skip_after(stage, &format!("skipped: {stage} did not succeed"));
+        };
 
     // build
     let t = Instant::now();
     sh.progress.event(name, "build", "started", "");
+    let unresolved = sh.resolve_errors.lock().unwrap().remove(name);
+    if let Some(e) = unresolved {
+        let msg = format!("{e:#}");
+        st.set(
+            "build",
+            StageStatus::Failed,
+            t,
+            first_line(&msg).to_string(),
+            1,
+        );
+        fail(&mut rep, &mut st, "build", ImageStatus::Failed, msg);
+        return finish(rep, st);
+    }
     let built = {
         let _slot = sh.build_slots.acquire().await.expect("semaphore open");
         let bctx = BuildCtx {
@@ -297,20 +354,48 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             cache: &sh.cache,
             resolutions: &sh.resolutions,
             failed_layers: Some(&sh.failed_layers),
+            remote: sh.remote.as_ref(),
         };
-        tokio::time::timeout(sh.stage_timeout, build::build_image(&bctx, name, &[], false)).await
+        tokio::time::timeout(
+            sh.stage_timeout,
+            build::build_image(&bctx, name, &[], false),
+        )
+        .await
     };
     let built: BuildOutcome = match built {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             let skipped = e.chain().any(|c| c.is::<crate::rootfs::DependencyFailed>());
             let msg = format!("{e:#}");
-            st.set("build", if skipped { StageStatus::Skipped } else { StageStatus::Failed }, t, first_line(&msg).to_string(), 1);
-            fail(&mut rep, &mut st, "build", if skipped { ImageStatus::Skipped } else { ImageStatus::Failed }, msg);
+            st.set(
+                "build",
+                if skipped {
+                    StageStatus::Skipped
+                } else {
+                    StageStatus::Failed
+                },
+                t,
+                first_line(&msg).to_string(),
+                1,
+            );
+            fail(
+                &mut rep,
+                &mut st,
+                "build",
+                if skipped {
+                    ImageStatus::Skipped
+                } else {
+                    ImageStatus::Failed
+                },
+                msg,
+            );
             return finish(rep, st);
         }
         Err(_) => {
-            let msg = format!("the build stage took longer than {}s and was stopped", sh.stage_timeout.as_secs());
+            let msg = format!(
+                "the build stage took longer than {}s and was stopped",
+                sh.stage_timeout.as_secs()
+            );
             st.set("build", StageStatus::Failed, t, msg.clone(), 1);
             fail(&mut rep, &mut st, "build", ImageStatus::Failed, msg);
             return finish(rep, st);
@@ -318,8 +403,17 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
     };
     let rec = &built.record;
     rep.content_digest = Some(rec.content_digest.clone());
-    rep.layers_rebuilt = built.layers.iter().filter(|l| l.rebuilt).map(|l| l.name.clone()).collect();
-    rep.changes = if built.up_to_date { Vec::new() } else { rec.changes.clone() };
+    rep.layers_rebuilt = built
+        .layers
+        .iter()
+        .filter(|l| l.rebuilt)
+        .map(|l| l.name.clone())
+        .collect();
+    rep.changes = if built.up_to_date {
+        Vec::new()
+    } else {
+        rec.changes.clone()
+    };
     rep.artifacts = rec
         .artifacts
         .iter()
@@ -359,13 +453,25 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             rep.boot_secs = v.boots.iter().filter_map(|b| b.boot_secs).reduce(f64::max);
             rep.console_log = copy_console(&built.dir, &v, report_dir, name);
             let why = boot_failure(&v);
-            st.set("verify", StageStatus::Failed, t, first_line(&why).to_string(), attempts);
+            st.set(
+                "verify",
+                StageStatus::Failed,
+                t,
+                first_line(&why).to_string(),
+                attempts,
+            );
             fail(&mut rep, &mut st, "verify", ImageStatus::Failed, why);
             return finish(rep, st);
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            st.set("verify", StageStatus::Failed, t, first_line(&msg).to_string(), 2);
+            st.set(
+                "verify",
+                StageStatus::Failed,
+                t,
+                first_line(&msg).to_string(),
+                2,
+            );
             fail(&mut rep, &mut st, "verify", ImageStatus::Failed, msg);
             return finish(rep, st);
         }
@@ -381,7 +487,13 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             rep.version = Some(version.clone());
             let d = format!("unchanged: {}/{} is already {version}", name, rep.channel);
             st.set("publish", StageStatus::Passed, t, d.clone(), 1);
-            st.set("rollout", StageStatus::Passed, Instant::now(), "nothing changed, no trigger".into(), 1);
+            st.set(
+                "rollout",
+                StageStatus::Passed,
+                Instant::now(),
+                "nothing changed, no trigger".into(),
+                1,
+            );
             sh.progress.event(name, "publish", "unchanged", &d);
         }
         Ok(PublishOutcome::Published { manifest, moves }) => {
@@ -395,7 +507,14 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             let d = format!("published {} to {}", manifest.version, rep.channel);
             st.set("publish", StageStatus::Passed, t, d.clone(), 1);
             sh.progress.event(name, "publish", "passed", &d);
-            let events = sh.observer.events.lock().unwrap().get(name).copied().unwrap_or(0);
+            let events = sh
+                .observer
+                .events
+                .lock()
+                .unwrap()
+                .get(name)
+                .copied()
+                .unwrap_or(0);
             rep.rollout_events = events;
             let d = if sh.observer.enabled {
                 format!("{events} rollout event(s)")
@@ -407,12 +526,23 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            st.set("publish", StageStatus::Failed, t, first_line(&msg).to_string(), 1);
+            st.set(
+                "publish",
+                StageStatus::Failed,
+                t,
+                first_line(&msg).to_string(),
+                1,
+            );
             fail(&mut rep, &mut st, "publish", ImageStatus::Failed, msg);
             return finish(rep, st);
         }
     }
-    sh.progress.event(name, "done", rep.status.as_str(), rep.version.as_deref().unwrap_or(""));
+    sh.progress.event(
+        name,
+        "done",
+        rep.status.as_str(),
+        rep.version.as_deref().unwrap_or(""),
+    );
     finish(rep, st)
 }
 
@@ -442,7 +572,11 @@ fn boot_failure(v: &VerifyRecord) -> String {
             "{} boot failed: {}{}",
             b.format,
             b.failure.clone().unwrap_or_else(|| "checks failed".into()),
-            if failed.is_empty() { String::new() } else { format!("\n{}", failed.join("\n")) }
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", failed.join("\n"))
+            }
         ));
     }
     out.join("\n")
@@ -475,11 +609,23 @@ async fn verify_stage(
             }
         }
     }
-    let format = boot_format(&built.record.artifacts.iter().map(|a| a.format).collect::<Vec<_>>());
+    let format = boot_format(
+        &built
+            .record
+            .artifacts
+            .iter()
+            .map(|a| a.format)
+            .collect::<Vec<_>>(),
+    );
     let mut last: Option<anyhow::Result<VerifyRecord>> = None;
     for attempt in 1..=2u32 {
         if attempt == 2 {
-            sh.progress.event(&image.name, "verify", "retrying", "first boot failed; booting once more");
+            sh.progress.event(
+                &image.name,
+                "verify",
+                "retrying",
+                "first boot failed; booting once more",
+            );
         }
         let r = {
             let _vm = sh.vm_slots.acquire().await.expect("semaphore open");
@@ -520,7 +666,12 @@ fn mark_attempts(dir: &Path, v: &mut VerifyRecord, attempts: u32) -> anyhow::Res
     Ok(())
 }
 
-fn copy_console(build_dir: &Path, v: &VerifyRecord, report_dir: &Path, image: &str) -> Option<String> {
+fn copy_console(
+    build_dir: &Path,
+    v: &VerifyRecord,
+    report_dir: &Path,
+    image: &str,
+) -> Option<String> {
     let b: &BootRecord = v.boots.iter().find(|b| !b.passed)?;
     let src = build_dir.join(&b.console_log);
     let name = format!("{image}-{}-console.log", b.format);
@@ -533,7 +684,13 @@ async fn publish_stage(
     image: &crate::recipe::Image,
     built: &BuildOutcome,
 ) -> anyhow::Result<PublishOutcome> {
-    let names: Vec<String> = image.def.publish.targets.iter().map(|t| t.get_ref().clone()).collect();
+    let names: Vec<String> = image
+        .def
+        .publish
+        .targets
+        .iter()
+        .map(|t| t.get_ref().clone())
+        .collect();
     let targets = target::from_config(&sh.recipes.config, &names)?;
     let req = PublishRequest {
         image: image.name.clone(),
@@ -542,6 +699,10 @@ async fn publish_stage(
         version: None,
         force: false,
     };
-    let _check: &BuildRecord = &built.record;
+    let lock_path = sh.publish_lock.clone();
+    let _lock =
+        tokio::task::spawn_blocking(move || crate::fsutil::FileLock::acquire_shared(&lock_path))
+            .await?
+            .context("cannot take the publish lock")?;
     Ok(flow::publish(sh.store.as_ref(), &sh.signer, &targets, &req, &sh.observer).await?)
 }

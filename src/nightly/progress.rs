@@ -68,8 +68,10 @@ pub struct Live {
 impl Live {
     pub fn new(images: &[String]) -> Live {
         let multi = indicatif::MultiProgress::new();
-        let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<16} {elapsed:>4} {wide_msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix:<16} {elapsed:>4} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
         let mut bars = HashMap::new();
         for i in images {
             let b = multi.add(indicatif::ProgressBar::new_spinner());
@@ -90,7 +92,9 @@ impl Progress for Live {
     fn event(&self, image: &str, stage: &str, status: &str, detail: &str) {
         let bars = self.bars.lock().unwrap();
         let Some(b) = bars.get(image) else {
-            let _ = self.multi.println(format!("{image}: {stage} {status} {detail}"));
+            let _ = self
+                .multi
+                .println(format!("{image}: {stage} {status} {detail}"));
             return;
         };
         let msg = if detail.is_empty() {

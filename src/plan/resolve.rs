@@ -105,12 +105,27 @@ pub fn stack_sources(stack: &[&Layer], mirrors: &Mirrors) -> Vec<String> {
     lines
 }
 
-/// Resolve every layer of the selected images (all when `only` is empty).
+/// Resolve every layer of the selected images (all when `only` is empty); the first
+/// image that cannot be resolved is the error.
 pub async fn resolve(
     recipes: &Recipes,
     only: &[String],
     opts: &ResolveOptions,
 ) -> anyhow::Result<Resolutions> {
+    let (res, mut errors) = resolve_each(recipes, only, opts).await?;
+    match errors.pop_first() {
+        Some((_, e)) => Err(e),
+        None => Ok(res),
+    }
+}
+
+/// Like [`resolve`], but an image that cannot be resolved (a package that does not exist,
+/// a repository that is down) does not stop the others: its error is returned by name.
+pub async fn resolve_each(
+    recipes: &Recipes,
+    only: &[String],
+    opts: &ResolveOptions,
+) -> anyhow::Result<(Resolutions, BTreeMap<String, anyhow::Error>)> {
     let cache_root = recipes.config.cache_dir();
     let mut out = Resolutions::default();
     let mut states: HashMap<String, AptState> = HashMap::new();
@@ -119,8 +134,28 @@ pub async fn resolve(
     } else {
         only.to_vec()
     };
+    let mut errors = BTreeMap::new();
     for name in names {
         let image = recipes.image(&name)?;
+        if let Err(e) =
+            resolve_image(recipes, image, opts, &cache_root, &mut states, &mut out).await
+        {
+            errors.insert(name.clone(), e);
+        }
+    }
+    Ok((out, errors))
+}
+
+async fn resolve_image(
+    recipes: &Recipes,
+    image: &crate::recipe::Image,
+    opts: &ResolveOptions,
+    cache_root: &Path,
+    states: &mut HashMap<String, AptState>,
+    out: &mut Resolutions,
+) -> anyhow::Result<()> {
+    let name = image.name.clone();
+    {
         let stack: Vec<&Layer> = image
             .layers
             .iter()
@@ -155,7 +190,7 @@ pub async fn resolve(
             let sources = stack_sources(&stack[..=i], &mirrors);
             let skey = sources_key(&sources);
             if !states.contains_key(&skey) {
-                let mut st = AptState::new(&cache_root, sources.clone());
+                let mut st = AptState::new(cache_root, sources.clone());
                 let refreshed = if opts.offline {
                     if !st.has_lists() {
                         anyhow::bail!(
@@ -194,7 +229,7 @@ pub async fn resolve(
             out.sets.insert(key, set);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn sources_key(sources: &[String]) -> String {

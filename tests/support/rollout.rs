@@ -226,7 +226,7 @@ pub fn manifest(image: &str, version: &str, n: u32) -> Manifest {
                 pkg("openssl", &format!("3.0.{n}-1~deb12u1")),
                 pkg("base-files", "12.4+deb12u8"),
             ];
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 p.push(pkg("curl", "7.88.1-10+deb12u8"));
             }
             p
