@@ -66,6 +66,18 @@ impl ExecError {
             _ => "",
         }
     }
+
+    /// The outcome without the command line, for messages that already say what ran
+    /// ("layer web: script setup.sh failed (exit code 3); stderr ends with: …").
+    pub fn outcome(&self) -> String {
+        match self {
+            ExecError::Failed { status, tail, .. } => format!("({status}){tail}"),
+            ExecError::Timeout { secs, tail, .. } => {
+                format!("(timed out after {secs}s and was killed){tail}")
+            }
+            other => format!("({other})"),
+        }
+    }
 }
 
 /// The last lines a program wrote to stderr, formatted for an error message.

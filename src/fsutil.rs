@@ -53,7 +53,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<
     serde_json::from_slice(&b).map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", path.display()))
 }
 
-/// An exclusive advisory lock on a file, held until dropped.
+/// An advisory lock on a file (exclusive unless taken shared), held until dropped.
 pub struct FileLock {
     _file: std::fs::File,
     pub path: PathBuf,
@@ -62,29 +62,21 @@ pub struct FileLock {
 impl FileLock {
     /// Block until the lock is ours.
     pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
-        use std::os::fd::AsRawFd;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        // SAFETY: flock on a descriptor we own; released when the file is closed.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(FileLock {
-            _file: file,
-            path: path.to_owned(),
-        })
+        Self::lock(path, libc::LOCK_EX).map(|l| l.expect("a blocking lock is always taken"))
     }
 
     /// Block until a shared lock is ours (other shared holders are fine; an exclusive
     /// holder is waited for).
     pub fn acquire_shared(path: &Path) -> std::io::Result<FileLock> {
+        Self::lock(path, libc::LOCK_SH).map(|l| l.expect("a blocking lock is always taken"))
+    }
+
+    /// Take the lock if it is free; `Ok(None)` when someone else holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
+        Self::lock(path, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn lock(path: &Path, op: libc::c_int) -> std::io::Result<Option<FileLock>> {
         use std::os::fd::AsRawFd;
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d)?;
@@ -95,32 +87,9 @@ impl FileLock {
             .write(true)
             .open(path)?;
         // SAFETY: flock on a descriptor we own; released when the file is closed.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(FileLock {
-            _file: file,
-            path: path.to_owned(),
-        })
-    }
-
-    /// Take the lock if it is free; `Ok(None)` when someone else holds it.
-    pub fn try_acquire(path: &Path) -> std::io::Result<Option<FileLock>> {
-        use std::os::fd::AsRawFd;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
-        // SAFETY: as above.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if op & libc::LOCK_NB != 0 && e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Ok(None);
             }
             return Err(e);

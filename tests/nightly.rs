@@ -23,7 +23,8 @@ fn project() -> Project {
         "[groups.bastion]\nimage = \"base\"\nchannel = \"nightly\"\nsinks = [\"tf\"]\ncount = 2\n\n\
          [groups.web-canary]\nimage = \"web\"\nchannel = \"nightly\"\nsinks = [\"tf\"]\ncount = 1\n",
     );
-    p.config_append("inventory = \"inventory.toml\"\n[sinks.tf.terraform]\ndir = \"tf\"\n");
+    p.config_prepend("inventory = \"inventory.toml\"");
+    p.config_append("[sinks.tf.terraform]\ndir = \"tf\"\n");
     // host_groups in the example images name groups of the repo's own inventory.
     for img in ["images/base.toml", "images/web.toml"] {
         let s = p.read(img);
@@ -92,15 +93,20 @@ fn junit_counts(path: &Path) -> (usize, Vec<String>) {
 #[test]
 fn one_image_fails_in_isolation_and_a_second_run_changes_nothing() {
     let p = project();
-    // web's own layer fails; web-copy shares that layer (same variables): it is skipped.
+    // A broken layer under web's own; web-copy stacks the same layers: whichever of the
+    // two reaches the broken layer first fails, the other is skipped naming it.
     p.write(
-        "recipes/web/scripts/fail.sh",
-        "#!/bin/sh\necho 'the web layer is broken' >&2\nexit 7\n",
+        "recipes/broken/scripts/fail.sh",
+        "#!/bin/sh\necho 'the layer is broken' >&2\nexit 7\n",
+    );
+    p.write(
+        "recipes/broken/layer.toml",
+        "[[scripts]]\npath = \"fail.sh\"\n",
     );
     p.edit(
-        "recipes/web/layer.toml",
-        "[services]",
-        "[[scripts]]\npath = \"fail.sh\"\n\n[services]",
+        "images/web.toml",
+        "\"hardening\", \"web\"",
+        "\"hardening\", \"broken\", \"web\"",
     );
     let web = p.read("images/web.toml");
     p.write("images/web-copy.toml", &web);
@@ -127,7 +133,7 @@ fn one_image_fails_in_isolation_and_a_second_run_changes_nothing() {
         failed["error"]
             .as_str()
             .unwrap()
-            .contains("script fail.sh failed"),
+            .contains("layer broken: script fail.sh failed (exit code 7)"),
         "{failed}"
     );
     assert_eq!(skipped["status"], "skipped", "{skipped}");
@@ -135,7 +141,7 @@ fn one_image_fails_in_isolation_and_a_second_run_changes_nothing() {
         skipped["error"]
             .as_str()
             .unwrap()
-            .contains("layer web failed while building image"),
+            .contains("layer broken failed while building image"),
         "{skipped}"
     );
     for s in ["verify", "publish", "rollout"] {

@@ -138,14 +138,7 @@ pub async fn publish(ctx: &Ctx, args: PublishArgs) -> anyhow::Result<u8> {
     })?;
     let signer = sign::Signer::from_config(&ctx.config)?;
     let store = open_store(ctx)?;
-    let names: Vec<String> = image
-        .def
-        .publish
-        .targets
-        .iter()
-        .map(|t| t.get_ref().clone())
-        .collect();
-    let targets = target::from_config(&ctx.config, &names)?;
+    let targets = target::for_image(&ctx.config, image)?;
     let observer = observer(ctx, &store).await?;
     let _lock = publish_lock(ctx).await?;
     let req = PublishRequest {

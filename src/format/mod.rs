@@ -31,6 +31,27 @@ pub struct FormatCtx<'a> {
     pub source: Option<String>,
 }
 
+/// `qemu-img convert` of the raw disk into `out` (format `fmt`, extra `args`). The
+/// formats qemu-img writes share this; what each passes is documented in its own file.
+pub(crate) async fn qemu_img_convert(
+    raw: &Path,
+    out: &Path,
+    fmt: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    crate::exec::Cmd::new("qemu-img")
+        .timeout(timeout)
+        .args(["convert", "-q", "-f", "raw", "-O", fmt])
+        .args(args)
+        .arg(raw)
+        .arg(out)
+        .run()
+        .await
+        .map_err(|e| anyhow::anyhow!("{fmt} conversion failed: {e}"))?;
+    Ok(())
+}
+
 /// The file name of a format's artifact inside the build directory.
 pub fn file_name(image: &str, f: Format) -> String {
     match f {

@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::exec::Cmd;
-
 /// Convert the raw disk to a compressed qcow2.
 pub async fn convert(
     raw: &Path,
@@ -14,17 +12,14 @@ pub async fn convert(
     compression: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    Cmd::new("qemu-img")
-        .timeout(timeout)
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-c"])
-        .arg("-o")
-        .arg(format!("compression_type={compression}"))
-        // Out-of-order writes with 8 coroutines keep every core compressing.
-        .args(["-W", "-m", "8"])
-        .arg(raw)
-        .arg(out)
-        .run()
-        .await
-        .map_err(|e| anyhow::anyhow!("qcow2 conversion failed: {e}"))?;
-    Ok(())
+    let opt = format!("compression_type={compression}");
+    // Out-of-order writes with 8 coroutines keep every core compressing.
+    super::qemu_img_convert(
+        raw,
+        out,
+        "qcow2",
+        &["-c", "-o", &opt, "-W", "-m", "8"],
+        timeout,
+    )
+    .await
 }

@@ -4,18 +4,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::exec::Cmd;
-
 /// Convert the raw disk to a fixed VHD.
 pub async fn convert(raw: &Path, out: &Path, timeout: Duration) -> anyhow::Result<()> {
-    Cmd::new("qemu-img")
-        .timeout(timeout)
-        .args(["convert", "-q", "-f", "raw", "-O", "vpc"])
-        .args(["-o", "subformat=fixed,force_size=on"])
-        .arg(raw)
-        .arg(out)
-        .run()
-        .await
-        .map_err(|e| anyhow::anyhow!("VHD conversion failed: {e}"))?;
-    Ok(())
+    super::qemu_img_convert(
+        raw,
+        out,
+        "vpc",
+        &["-o", "subformat=fixed,force_size=on"],
+        timeout,
+    )
+    .await
 }

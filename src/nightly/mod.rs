@@ -122,15 +122,7 @@ pub async fn run(
     let store = crate::store::open(config)?;
     let signer = Signer::from_config(config)?;
     for n in &names {
-        let img = recipes.image(n)?;
-        let t: Vec<String> = img
-            .def
-            .publish
-            .targets
-            .iter()
-            .map(|t| t.get_ref().clone())
-            .collect();
-        target::from_config(config, &t)?;
+        target::for_image(config, recipes.image(n)?)?;
     }
     if inventory.is_some() {
         // Triggers an interrupted earlier run owes are made before anything new moves.
@@ -292,6 +284,28 @@ impl Stages {
     }
 }
 
+/// Why a stage did not succeed.
+struct StageFailure {
+    stage: &'static str,
+    started: Instant,
+    /// Skipped because something it depends on failed (not a failure of its own).
+    skipped: bool,
+    message: String,
+    attempts: u32,
+}
+
+impl StageFailure {
+    fn failed(stage: &'static str, started: Instant, message: String, attempts: u32) -> Self {
+        StageFailure {
+            stage,
+            started,
+            skipped: false,
+            message,
+            attempts,
+        }
+    }
+}
+
 /// One image through all stages. Never fails: failures are in the returned report.
 async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> ImageReport {
     let image = sh.recipes.image(name).expect("checked before");
@@ -313,39 +327,52 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
         console_log: None,
         rollout_events: 0,
     };
-    let fail =
-        |rep: &mut ImageReport, st: &mut Stages, stage: &str, status: ImageStatus, err: String| {
-            sh.progress.event(
-                name,
-                stage,
-                if status == ImageStatus::Skipped {
-                    "skipped"
-                } else {
-                    "failed"
-                },
-                first_line(&err),
+    match run_stages(sh, image, report_dir, &mut rep, &mut st).await {
+        Ok(()) => sh.progress.event(
+            name,
+            "done",
+            rep.status.as_str(),
+            rep.version.as_deref().unwrap_or(""),
+        ),
+        Err(f) => {
+            let (stage_status, image_status, word) = if f.skipped {
+                (StageStatus::Skipped, ImageStatus::Skipped, "skipped")
+            } else {
+                (StageStatus::Failed, ImageStatus::Failed, "failed")
+            };
+            st.set(
+                f.stage,
+                stage_status,
+                f.started,
+                first_line(&f.message).to_string(),
+                f.attempts,
             );
-            rep.status = status;
-            rep.failed_stage = Some(stage.to_string());
-            rep.error = Some(crate::exec::redact(&err));
-            st.skip_after(stage, &format!("skipped: {stage} did not succeed"));
-        };
+            st.skip_after(f.stage, &format!("skipped: {} did not succeed", f.stage));
+            sh.progress
+                .event(name, f.stage, word, first_line(&f.message));
+            rep.status = image_status;
+            rep.failed_stage = Some(f.stage.to_string());
+            rep.error = Some(crate::exec::redact(&f.message));
+        }
+    }
+    finish(rep, st)
+}
+
+/// build -> verify -> publish (-> rollout through the observer), filling `rep` and `st`.
+async fn run_stages(
+    sh: &Shared<'_>,
+    image: &crate::recipe::Image,
+    report_dir: &Path,
+    rep: &mut ImageReport,
+    st: &mut Stages,
+) -> Result<(), StageFailure> {
+    let name = image.name.as_str();
 
     // build
     let t = Instant::now();
     sh.progress.event(name, "build", "started", "");
-    let unresolved = sh.resolve_errors.lock().unwrap().remove(name);
-    if let Some(e) = unresolved {
-        let msg = format!("{e:#}");
-        st.set(
-            "build",
-            StageStatus::Failed,
-            t,
-            first_line(&msg).to_string(),
-            1,
-        );
-        fail(&mut rep, &mut st, "build", ImageStatus::Failed, msg);
-        return finish(rep, st);
+    if let Some(e) = sh.resolve_errors.lock().unwrap().remove(name) {
+        return Err(StageFailure::failed("build", t, format!("{e:#}"), 1));
     }
     let built = {
         let _slot = sh.build_slots.acquire().await.expect("semaphore open");
@@ -365,40 +392,16 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
     let built: BuildOutcome = match built {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            let skipped = e.chain().any(|c| c.is::<crate::rootfs::DependencyFailed>());
-            let msg = format!("{e:#}");
-            st.set(
-                "build",
-                if skipped {
-                    StageStatus::Skipped
-                } else {
-                    StageStatus::Failed
-                },
-                t,
-                first_line(&msg).to_string(),
-                1,
-            );
-            fail(
-                &mut rep,
-                &mut st,
-                "build",
-                if skipped {
-                    ImageStatus::Skipped
-                } else {
-                    ImageStatus::Failed
-                },
-                msg,
-            );
-            return finish(rep, st);
+            let mut f = StageFailure::failed("build", t, format!("{e:#}"), 1);
+            f.skipped = e.chain().any(|c| c.is::<crate::rootfs::DependencyFailed>());
+            return Err(f);
         }
         Err(_) => {
             let msg = format!(
                 "the build stage took longer than {}s and was stopped",
                 sh.stage_timeout.as_secs()
             );
-            st.set("build", StageStatus::Failed, t, msg.clone(), 1);
-            fail(&mut rep, &mut st, "build", ImageStatus::Failed, msg);
-            return finish(rep, st);
+            return Err(StageFailure::failed("build", t, msg, 1));
         }
     };
     let rec = &built.record;
@@ -435,57 +438,40 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
     // verify
     let t = Instant::now();
     sh.progress.event(name, "verify", "started", "");
-    let verified = verify_stage(sh, image, &built, report_dir).await;
-    match verified {
-        Ok((v, attempts)) if v.passed => {
-            rep.boot_secs = v.boots.iter().filter_map(|b| b.boot_secs).reduce(f64::max);
-            let d = if attempts == 0 {
-                "verified earlier (same build)".to_string()
-            } else if attempts > 1 {
-                format!("passed on retry ({} checks)", checks_count(&v))
-            } else {
-                format!("passed ({} checks)", checks_count(&v))
-            };
-            st.set("verify", StageStatus::Passed, t, d.clone(), attempts);
-            sh.progress.event(name, "verify", "passed", &d);
-        }
-        Ok((v, attempts)) => {
-            rep.boot_secs = v.boots.iter().filter_map(|b| b.boot_secs).reduce(f64::max);
-            rep.console_log = copy_console(&built.dir, &v, report_dir, name);
-            let why = boot_failure(&v);
-            st.set(
-                "verify",
-                StageStatus::Failed,
-                t,
-                first_line(&why).to_string(),
-                attempts,
-            );
-            fail(&mut rep, &mut st, "verify", ImageStatus::Failed, why);
-            return finish(rep, st);
-        }
-        Err(e) => {
-            let msg = format!("{e:#}");
-            st.set(
-                "verify",
-                StageStatus::Failed,
-                t,
-                first_line(&msg).to_string(),
-                2,
-            );
-            fail(&mut rep, &mut st, "verify", ImageStatus::Failed, msg);
-            return finish(rep, st);
-        }
+    let (v, attempts) = verify_stage(sh, image, &built)
+        .await
+        .map_err(|e| StageFailure::failed("verify", t, format!("{e:#}"), 2))?;
+    rep.boot_secs = v.boots.iter().filter_map(|b| b.boot_secs).reduce(f64::max);
+    if !v.passed {
+        rep.console_log = copy_console(&built.dir, &v, report_dir, name);
+        return Err(StageFailure::failed(
+            "verify",
+            t,
+            boot_failure(&v),
+            attempts,
+        ));
     }
+    let d = if attempts == 0 {
+        "verified earlier (same build)".to_string()
+    } else if attempts > 1 {
+        format!("passed on retry ({} checks)", checks_count(&v))
+    } else {
+        format!("passed ({} checks)", checks_count(&v))
+    };
+    st.set("verify", StageStatus::Passed, t, d.clone(), attempts);
+    sh.progress.event(name, "verify", "passed", &d);
 
     // publish (and, through the observer, rollout)
     let t = Instant::now();
     sh.progress.event(name, "publish", "started", "");
-    let published = publish_stage(sh, image, &built).await;
+    let published = publish_stage(sh, image, &built)
+        .await
+        .map_err(|e| StageFailure::failed("publish", t, format!("{e:#}"), 1))?;
     match published {
-        Ok(PublishOutcome::Unchanged { version, .. }) => {
+        PublishOutcome::Unchanged { version, .. } => {
             rep.status = ImageStatus::Unchanged;
-            rep.version = Some(version.clone());
             let d = format!("unchanged: {}/{} is already {version}", name, rep.channel);
+            rep.version = Some(version);
             st.set("publish", StageStatus::Passed, t, d.clone(), 1);
             st.set(
                 "rollout",
@@ -496,7 +482,7 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             );
             sh.progress.event(name, "publish", "unchanged", &d);
         }
-        Ok(PublishOutcome::Published { manifest, moves }) => {
+        PublishOutcome::Published { manifest, moves } => {
             rep.status = ImageStatus::Published;
             rep.version = Some(manifest.version.clone());
             rep.package_changes = moves
@@ -524,26 +510,8 @@ async fn image_pipeline(sh: &Shared<'_>, name: &str, report_dir: &Path) -> Image
             st.set("rollout", StageStatus::Passed, Instant::now(), d.clone(), 1);
             sh.progress.event(name, "rollout", "passed", &d);
         }
-        Err(e) => {
-            let msg = format!("{e:#}");
-            st.set(
-                "publish",
-                StageStatus::Failed,
-                t,
-                first_line(&msg).to_string(),
-                1,
-            );
-            fail(&mut rep, &mut st, "publish", ImageStatus::Failed, msg);
-            return finish(rep, st);
-        }
     }
-    sh.progress.event(
-        name,
-        "done",
-        rep.status.as_str(),
-        rep.version.as_deref().unwrap_or(""),
-    );
-    finish(rep, st)
+    Ok(())
 }
 
 fn finish(mut rep: ImageReport, st: Stages) -> ImageReport {
@@ -600,7 +568,6 @@ async fn verify_stage(
     sh: &Shared<'_>,
     image: &crate::recipe::Image,
     built: &BuildOutcome,
-    _report_dir: &Path,
 ) -> anyhow::Result<(VerifyRecord, u32)> {
     if built.up_to_date {
         if let Ok(v) = VerifyRecord::load(&built.dir) {
@@ -684,14 +651,7 @@ async fn publish_stage(
     image: &crate::recipe::Image,
     built: &BuildOutcome,
 ) -> anyhow::Result<PublishOutcome> {
-    let names: Vec<String> = image
-        .def
-        .publish
-        .targets
-        .iter()
-        .map(|t| t.get_ref().clone())
-        .collect();
-    let targets = target::from_config(&sh.recipes.config, &names)?;
+    let targets = target::for_image(&sh.recipes.config, image)?;
     let req = PublishRequest {
         image: image.name.clone(),
         build_dir: built.dir.clone(),

@@ -88,6 +88,21 @@ pub fn from_config(config: &Config, names: &[String]) -> anyhow::Result<Vec<Name
     Ok(out)
 }
 
+/// The targets of an image's `publish.targets`.
+pub fn for_image(
+    config: &Config,
+    image: &crate::recipe::Image,
+) -> anyhow::Result<Vec<NamedTarget>> {
+    let names: Vec<String> = image
+        .def
+        .publish
+        .targets
+        .iter()
+        .map(|t| t.get_ref().clone())
+        .collect();
+    from_config(config, &names)
+}
+
 /// One target from its definition.
 fn build_target(_name: &str, def: &TargetDef) -> anyhow::Result<Arc<dyn PublishTarget>> {
     if def.registry.is_some() {

@@ -79,10 +79,11 @@ pub async fn apply_layer(
                 .command(&["/bin/sh", &format!("{STAGE}/configure.sh")])
                 .run()
                 .await
-                .with_context(|| {
-                    format!(
-                        "layer {}: applying files, users and services failed",
-                        layer.name
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "layer {}: applying files, users and groups failed {}",
+                        layer.name,
+                        e.outcome()
                     )
                 })?;
         }
@@ -203,9 +204,10 @@ async fn packages(
             .await
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "layer {}: installing packages [{}] failed: {e}",
+                    "layer {}: installing packages [{}] failed {}",
                     layer.name,
-                    install.join(", ")
+                    install.join(", "),
+                    e.outcome()
                 )
             })
     })
@@ -403,10 +405,14 @@ async fn run_scripts(
             sb = sb.bind(secrets.path(), SECRETS, false);
         }
         let run = || async {
-            sb.command(&argv)
-                .run()
-                .await
-                .map_err(|e| anyhow::anyhow!("layer {}: script {} failed: {e}", layer.name, s.name))
+            sb.command(&argv).run().await.map_err(|e| {
+                anyhow::anyhow!(
+                    "layer {}: script {} failed {}",
+                    layer.name,
+                    s.name,
+                    e.outcome()
+                )
+            })
         };
         if s.network {
             with_resolv_conf(&base.tree, run).await?;
@@ -453,6 +459,12 @@ async fn services(layer: &Layer, base: &Sandbox, timeout: Duration) -> anyhow::R
         .command(&["/bin/sh", "-c", &format!("set -eu\n{script}")])
         .run()
         .await
-        .map_err(|e| anyhow::anyhow!("layer {}: configuring services failed: {e}", layer.name))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "layer {}: configuring services failed {}",
+                layer.name,
+                e.outcome()
+            )
+        })?;
     Ok(())
 }

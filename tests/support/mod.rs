@@ -80,7 +80,13 @@ impl Project {
         self.write(rel, &s.replacen(from, to, 1));
     }
 
-    /// Add keys to goldsmith.toml.
+    /// Add top-level keys to goldsmith.toml (before its first table).
+    pub fn config_prepend(&self, text: &str) {
+        let s = self.read("goldsmith.toml");
+        self.write("goldsmith.toml", &format!("{text}\n{s}"));
+    }
+
+    /// Add tables to goldsmith.toml.
     pub fn config_append(&self, text: &str) {
         let s = self.read("goldsmith.toml");
         self.write("goldsmith.toml", &format!("{s}\n{text}\n"));
