@@ -307,3 +307,33 @@ fn an_unreachable_repository_fails_with_its_url() {
     let r = p.run(&["build", "r"]).expect(1);
     assert!(r.stderr.contains(url), "{}", r.stderr);
 }
+
+/// apt runs without its own locks (it cannot take them as a user), so goldsmith's must
+/// keep concurrent runs on one cache (parallel CI jobs, two workers) from refreshing the
+/// lists one of them is reading: every run resolves the same digests.
+#[test]
+fn concurrent_runs_on_one_cache_resolve_alike() {
+    let repo = Repo::new();
+    repo.add("1.0");
+    let p = project(&repo);
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            p.cmd()
+                .args(["plan", "u", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "a concurrent plan failed: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        seen.push(v["images"][0]["layers"].clone());
+    }
+    assert!(seen.iter().all(|l| *l == seen[0]), "{seen:?}");
+    assert!(seen[0].as_array().is_some_and(|a| a.len() == 3));
+}

@@ -191,6 +191,7 @@ async fn resolve_image(
             let skey = sources_key(&sources);
             if !states.contains_key(&skey) {
                 let mut st = AptState::new(cache_root, sources.clone());
+                st.lock(!opts.offline).await?;
                 let refreshed = if opts.offline {
                     if !st.has_lists() {
                         anyhow::bail!(
@@ -202,6 +203,7 @@ async fn resolve_image(
                     false
                 } else {
                     st.update(&layer.name).await?;
+                    st.lock(false).await?;
                     true
                 };
                 let age = st.age();
@@ -250,6 +252,11 @@ struct AptState {
     dir: PathBuf,
     sources: Vec<String>,
     index: Option<Index>,
+    /// Exclusive while refreshing, shared while resolving: apt runs with
+    /// `Debug::NoLocking` (it cannot take its root-only locks as a user), so two goldsmith
+    /// processes on one cache (parallel CI jobs, two nightly workers) must not refresh the
+    /// lists while the other reads them.
+    lock: Option<crate::fsutil::FileLock>,
 }
 
 /// The Packages indexes: stanzas by (name, version, arch), and priority facts.
@@ -266,7 +273,24 @@ impl AptState {
             dir,
             sources,
             index: None,
+            lock: None,
         }
+    }
+
+    /// Hold the state's lock, exclusive or shared, releasing the one held before.
+    async fn lock(&mut self, exclusive: bool) -> anyhow::Result<()> {
+        self.lock = None;
+        let path = self.dir.with_extension("lock");
+        let lock = tokio::task::spawn_blocking(move || {
+            if exclusive {
+                crate::fsutil::FileLock::acquire(&path)
+            } else {
+                crate::fsutil::FileLock::acquire_shared(&path)
+            }
+        })
+        .await??;
+        self.lock = Some(lock);
+        Ok(())
     }
 
     fn has_lists(&self) -> bool {
