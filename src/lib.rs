@@ -13,12 +13,14 @@ pub mod doctor;
 pub mod exec;
 pub mod format;
 pub mod fsutil;
+pub mod leakscan;
 pub mod plan;
 pub mod publish;
 pub mod recipe;
 pub mod report;
 pub mod rollout;
 pub mod rootfs;
+pub mod rootless;
 pub mod store;
 
 /// The goldsmith version recorded in manifests.

@@ -207,6 +207,23 @@ pub(super) fn image<'a>(
     if def.disk.esp_mib < 64 {
         errs.push(src.error("disk.esp_mib: the EFI system partition needs at least 64 MiB"));
     }
+    if def.disk.esp_mib > 65536 {
+        errs.push(src.error("disk.esp_mib: at most 65536 (64 GiB)"));
+    }
+    // Test VMs get bounded memory and CPUs: the host's caps are in goldsmith.toml.
+    let host = &config.def.verify;
+    if def.vm.memory_mib < 256 || def.vm.memory_mib > host.max_memory_mib {
+        errs.push(src.error(format!(
+            "vm.memory_mib: {} is outside 256..={} (verify.max_memory_mib in goldsmith.toml)",
+            def.vm.memory_mib, host.max_memory_mib
+        )));
+    }
+    if def.vm.cpus == 0 || def.vm.cpus > host.max_cpus {
+        errs.push(src.error(format!(
+            "vm.cpus: {} is outside 1..={} (verify.max_cpus in goldsmith.toml)",
+            def.vm.cpus, host.max_cpus
+        )));
+    }
     if def.formats.is_empty() {
         errs.push(src.error("formats: list at least one output format"));
     }
