@@ -495,9 +495,9 @@ impl Config {
                 // Possibly a pasted credential: it is registered so nothing shows it.
                 crate::exec::register_secret(value);
                 return Err(self.file_error(format!(
-                    "{key}: must be the name of an environment variable (letters, digits \
-                     and '_'), not the credential itself; credentials never go into \
-                     goldsmith.toml"
+                    "{key}: must be the name of an environment variable (capital \
+                     letters, digits and '_'), not the credential itself; credentials \
+                     never go into goldsmith.toml"
                 )));
             }
         }
@@ -571,10 +571,14 @@ impl Config {
     }
 }
 
-/// `[A-Za-z_][A-Za-z0-9_]*`: what a shell accepts as a variable name.
+/// `[A-Z_][A-Z0-9_]*`, at most 128 characters: an environment variable name as
+/// conventionally written. Capitals only, because a pasted token (`whsec_…`, an AWS
+/// secret key, a `ghp_…` token) nearly always has lower-case letters, while variable
+/// names practically never do.
 pub fn is_env_name(s: &str) -> bool {
     let mut c = s.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    s.len() <= 128
+        && c.next()
+            .is_some_and(|f| f.is_ascii_uppercase() || f == '_')
+        && c.all(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || x == '_')
 }

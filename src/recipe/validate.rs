@@ -121,6 +121,31 @@ pub(super) fn layer(layer: &Layer) -> ConfigErrors {
                 s.name
             )));
         }
+        // The name becomes /run/goldsmith/secrets/NAME inside the sandbox.
+        let name_ok = !s.name.is_empty()
+            && s.name.len() <= 64
+            && s.name != "."
+            && s.name != ".."
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !name_ok {
+            errs.push(src.error(format!(
+                "secrets[{i}].name: '{}' must be a plain file name (letters, digits, '.', '_', '-')",
+                s.name
+            )));
+        }
+        if let Some(v) = &s.env {
+            if !crate::config::is_env_name(v) {
+                // Maybe the secret itself was pasted here: never repeat it.
+                crate::exec::register_secret(v);
+                errs.push(src.error(format!(
+                    "secrets[{i}] '{}': env must name an environment variable (capital \
+                     letters, digits and '_'), not hold the secret itself",
+                    s.name
+                )));
+            }
+        }
     }
     errs.extend(checks(src, "checks", &def.checks));
     errs

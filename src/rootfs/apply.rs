@@ -334,11 +334,13 @@ fn config_script(layer: &Layer, rendered: &RenderedLayer, stage: &Path) -> anyho
                     q(&f.group)
                 );
             }
-            FileKind::Disk { path, .. } => {
+            FileKind::Disk { path, size, sha256 } => {
                 std::fs::create_dir_all(&files_dir)?;
                 // Copy (not link): the stage is read-only to the sandbox anyway, and the
                 // layer folder must never be reachable from inside the tree.
-                std::fs::copy(path, files_dir.join(i.to_string()))?;
+                copy_checked(path, &files_dir.join(i.to_string()), *size, sha256).with_context(
+                    || format!("layer {}: files: copying {}", layer.name, path.display()),
+                )?;
                 let _ = writeln!(
                     s,
                     "mkdir -p \"$(dirname {dest})\"; rm -f {dest}; install -m {mode} -o {} -g {} {STAGE}/files/{i} {dest}",
@@ -365,6 +367,47 @@ fn config_script(layer: &Layer, rendered: &RenderedLayer, stage: &Path) -> anyho
         return Ok(s);
     }
     Ok(format!("set -eux\n{s}"))
+}
+
+/// Copy a file of the layer folder into the stage: streaming (bounded memory for any
+/// size), holes kept as holes (a sparse multi-GiB file stays small), never through a
+/// symlink, and checked against the size and sha256 the layer digest was made from, so
+/// the bytes built are the bytes planned even if the file changed in between.
+fn copy_checked(src: &Path, dest: &Path, size: u64, sha256: &str) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt;
+    const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    let mut inp = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
+    let mut out = std::fs::File::create(dest)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; ZEROS.len()];
+    let mut total = 0u64;
+    loop {
+        let n = inp.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+        if buf[..n] == ZEROS[..n] {
+            out.seek(std::io::SeekFrom::Current(n as i64))?;
+        } else {
+            out.write_all(&buf[..n])?;
+        }
+    }
+    out.set_len(total)?;
+    let got = hex::encode(h.finalize());
+    if total != size || got != sha256 {
+        anyhow::bail!(
+            "the file changed since the plan was made (now {total} bytes, sha256 {got}; \
+             planned {size} bytes, {sha256}); run the build again"
+        );
+    }
+    Ok(())
 }
 
 async fn run_scripts(
