@@ -117,7 +117,8 @@ fn a_layer_that_writes_a_secret_into_the_image_fails_naming_the_file() {
         ),
     ] {
         let layer = format!(
-            "[[secrets]]\nname = \"token\"\nenv = \"GS_TEST_TOKEN\"\n\n[[scripts]]\nrun = '''{script}'''\n"
+            "[[secrets]]\nname = \"token\"\nenv = \"GS_TEST_TOKEN\"\n\n[[scripts]]\nrun = '''# {}\n{script}'''\n",
+            nonce("leak")
         );
         let p = hostile::image_on_base(image, &layer, &[], r#"["raw"]"#);
         let o = p

@@ -9,7 +9,8 @@
 //! The step runs as root (dpkg must chown to any uid) but with only the capabilities a
 //! package manager needs: bubblewrap keeps *all* of root's capabilities by default, and
 //! with CAP_SYS_ADMIN and CAP_MKNOD a script could create a node for the host's disk and
-//! mount it, or remount /proc/sys writable and set the host's core_pattern. Build-time
+//! mount it, or remount /sys writable. /proc/sys is read-only: even without those
+//! capabilities, root could otherwise set the host's core_pattern. Build-time
 //! secrets reach the sandbox through descriptors (`--ro-bind-data`), never through a file
 //! on the host's disk or an argument list.
 
@@ -135,15 +136,11 @@ impl Sandbox {
             .arg("--bind")
             .arg(&self.tree)
             .arg("/")
-            .args([
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--ro-bind",
-                "/sys",
-                "/sys",
-            ])
+            .args(["--proc", "/proc"])
+            // Sysctls are the host's (core_pattern runs a program as host root on the next
+            // crash), and bubblewrap's /proc leaves them writable for root.
+            .args(["--ro-bind", "/proc/sys", "/proc/sys"])
+            .args(["--dev", "/dev", "--ro-bind", "/sys", "/sys"])
             .args(["--perms", "01777", "--tmpfs", "/tmp"])
             .args(["--perms", "0755", "--tmpfs", "/run"])
             // No user namespace: as root, dpkg must be able to chown files to any uid.
@@ -158,6 +155,13 @@ impl Sandbox {
             .args(["--cap-drop", "ALL"]);
         for cap in KEPT_CAPABILITIES {
             c = c.args(["--cap-add", cap]);
+        }
+        if Path::new("/proc/sysrq-trigger").exists() {
+            c = c.args([
+                "--ro-bind",
+                "/proc/sysrq-trigger",
+                "/proc/sysrq-trigger",
+            ]);
         }
         if !self.network {
             c = c.arg("--unshare-net");
