@@ -79,7 +79,17 @@ pub fn layer_secrets(recipes: &Recipes, image: &Image) -> anyhow::Result<Vec<(St
                 }
                 (None, None) => continue,
             };
-            exec::register_secret(&String::from_utf8_lossy(&value));
+            // The post-build scan must be able to tell the secret from ordinary bytes.
+            if value.trim_ascii().len() < crate::leakscan::MIN_SCAN_LEN {
+                anyhow::bail!(
+                    "layer {}: secret '{}' is shorter than {} bytes; build secrets must be \
+                     long enough for the post-build scan to find them",
+                    layer.name,
+                    s.name,
+                    crate::leakscan::MIN_SCAN_LEN
+                );
+            }
+            exec::register_secret(&String::from_utf8_lossy(value.trim_ascii()));
             out.push((s.name.clone(), value));
         }
     }
@@ -118,6 +128,9 @@ pub async fn build_image(
     let timeout = Duration::from_secs(config.def.build.stage_timeout_secs);
     let mut stages = Vec::new();
     let secrets = layer_secrets(ctx.recipes, image)?;
+    // Everything secret known by now: the layers' build secrets and the credentials
+    // registered while loading (a shared cache's keys, ...).
+    let needles = crate::leakscan::Needles::for_build(&secrets);
 
     let t = Instant::now();
     let rctx = rootfs::RootfsCtx {
@@ -129,6 +142,8 @@ pub async fn build_image(
         secrets: &secrets,
         failed_layers: ctx.failed_layers,
         remote: ctx.remote,
+        memory_max: config.memory_max_bytes(),
+        needles: needles.as_ref(),
     };
     let layers = rootfs::ensure_layers(&rctx, name).await?;
     stages.push(timing("layers", t));
@@ -180,6 +195,16 @@ pub async fn build_image(
     let t = Instant::now();
     let tree = rootfs::materialize_all(ctx.cache, &layers).await?;
     stages.push(timing("tree", t));
+    if let Some(n) = &needles {
+        // B9: the whole tree, cached layers included (one may have been built before a
+        // secret it holds was declared), before any disk or archive is made of it.
+        let t = Instant::now();
+        let (path, n2) = (tree.path.clone(), n.clone());
+        let leaks =
+            tokio::task::spawn_blocking(move || crate::leakscan::scan_tree(&path, &n2)).await??;
+        crate::leakscan::check(format!("image {name}"), leaks)?;
+        stages.push(timing("secret-scan", t));
+    }
 
     let raw = staging.path().join(format::file_name(name, Format::Raw));
     // Container-only images (tar, OCI) need no disk, nor a kernel to boot it.
@@ -253,6 +278,19 @@ pub async fn build_image(
         stages,
         changes,
     };
+    if let Some(n) = &needles {
+        let json = serde_json::to_vec(&record)?;
+        if let Some(which) = n.find(&json) {
+            crate::leakscan::check(
+                format!("image {name}"),
+                vec![crate::leakscan::Leak {
+                    path: "build.json".into(),
+                    place: "record",
+                    secret: which.to_string(),
+                }],
+            )?;
+        }
+    }
     fsutil::atomic_write_json(&staging.path().join("build.json"), &record)?;
     let dir = root.join(&build_id);
     let tmp = staging.keep();

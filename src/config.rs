@@ -175,6 +175,11 @@ pub struct BuildDef {
     /// Seconds a single external program may run.
     #[serde(default = "d_stage_timeout")]
     pub stage_timeout_secs: u64,
+    /// Memory cap for every program a build step runs (bootstrap, package installs,
+    /// recipe scripts), e.g. `"4G"`: the address-space limit (RLIMIT_AS) of each process
+    /// in the step. Unset: no cap. A total cap across processes needs a cgroup: run
+    /// goldsmith under `systemd-run --scope -p MemoryMax=…` where systemd manages one.
+    pub memory_max: Option<String>,
 }
 
 fn d_stage_timeout() -> u64 {
@@ -187,6 +192,7 @@ impl Default for BuildDef {
             jobs: 0,
             max_vms: 0,
             stage_timeout_secs: d_stage_timeout(),
+            memory_max: None,
         }
     }
 }
@@ -200,10 +206,23 @@ pub struct VerifyHostDef {
     /// OVMF firmware; unset means the Debian `ovmf` package's files.
     pub ovmf_code: Option<String>,
     pub ovmf_vars: Option<String>,
+    /// Most memory (MiB) an image's `[vm] memory_mib` may give a test VM on this host;
+    /// an image asking for more is a configuration error.
+    #[serde(default = "d_max_memory")]
+    pub max_memory_mib: u32,
+    /// Most virtual CPUs an image's `[vm] cpus` may ask for.
+    #[serde(default = "d_max_cpus")]
+    pub max_cpus: u32,
 }
 
 fn d_accel() -> Spanned<String> {
     Spanned::new(0..0, "auto".into())
+}
+fn d_max_memory() -> u32 {
+    8192
+}
+fn d_max_cpus() -> u32 {
+    8
 }
 
 impl Default for VerifyHostDef {
@@ -212,6 +231,8 @@ impl Default for VerifyHostDef {
             accelerator: d_accel(),
             ovmf_code: None,
             ovmf_vars: None,
+            max_memory_mib: d_max_memory(),
+            max_cpus: d_max_cpus(),
         }
     }
 }
@@ -389,6 +410,17 @@ impl Config {
                 ),
             ));
         }
+        if let Some(m) = &self.def.build.memory_max {
+            if let Err(e) = crate::recipe::image::parse_size_mib(m) {
+                return Err(self.file_error(format!("build.memory_max: {e}")));
+            }
+        }
+        if self.def.verify.max_memory_mib < 256 || self.def.verify.max_cpus == 0 {
+            return Err(self.file_error(
+                "verify.max_memory_mib must be at least 256 and verify.max_cpus at least 1".into(),
+            ));
+        }
+        self.validate_env_names()?;
         for (name, t) in &self.def.targets {
             let n = t.registry.is_some() as u8 + t.ami.is_some() as u8;
             if n != 1 {
@@ -421,6 +453,50 @@ impl Config {
             if s.command.as_ref().is_some_and(|c| c.argv.is_empty()) {
                 return Err(self.file_error(format!(
                     "sinks.{name}.command.argv: needs at least the program"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `*_env` key must name an environment variable. Someone who pastes the
+    /// credential itself there would otherwise see it echoed in "variable ... is not
+    /// set" errors and logs, so the message never repeats the value.
+    fn validate_env_names(&self) -> Result<(), ConfigError> {
+        let mut keys: Vec<(String, &str)> = Vec::new();
+        for (role, s3) in [("store", &self.def.store.s3), ("cache", &self.def.cache.s3)] {
+            if let Some(d) = s3 {
+                keys.push((format!("{role}.s3.access_key_env"), &d.access_key_env));
+                keys.push((format!("{role}.s3.secret_key_env"), &d.secret_key_env));
+                keys.push((format!("{role}.s3.session_token_env"), &d.session_token_env));
+            }
+        }
+        if let Some(v) = &self.def.signing.passphrase_env {
+            keys.push(("signing.passphrase_env".into(), v));
+        }
+        for (name, t) in &self.def.targets {
+            if let Some(r) = &t.registry {
+                if let Some(v) = &r.username_env {
+                    keys.push((format!("targets.{name}.registry.username_env"), v));
+                }
+                if let Some(v) = &r.password_env {
+                    keys.push((format!("targets.{name}.registry.password_env"), v));
+                }
+            }
+        }
+        for (name, s) in &self.def.sinks {
+            if let Some(w) = &s.webhook {
+                keys.push((format!("sinks.{name}.webhook.secret_env"), &w.secret_env));
+            }
+        }
+        for (key, value) in keys {
+            if !is_env_name(value) {
+                // Possibly a pasted credential: it is registered so nothing shows it.
+                crate::exec::register_secret(value);
+                return Err(self.file_error(format!(
+                    "{key}: must be the name of an environment variable (capital \
+                     letters, digits and '_'), not the credential itself; credentials \
+                     never go into goldsmith.toml"
                 )));
             }
         }
@@ -473,6 +549,16 @@ impl Config {
             .unwrap_or(self.def.source_date_epoch)
     }
 
+    /// `build.memory_max` in bytes (validated at load).
+    pub fn memory_max_bytes(&self) -> Option<u64> {
+        self.def
+            .build
+            .memory_max
+            .as_deref()
+            .and_then(|m| crate::recipe::image::parse_size_mib(m).ok())
+            .map(|mib| mib << 20)
+    }
+
     /// CPU job slots.
     pub fn jobs(&self) -> usize {
         match self.def.build.jobs {
@@ -482,4 +568,15 @@ impl Config {
             n => n,
         }
     }
+}
+
+/// `[A-Z_][A-Z0-9_]*`, at most 128 characters: an environment variable name as
+/// conventionally written. Capitals only, because a pasted token (`whsec_…`, an AWS
+/// secret key, a `ghp_…` token) nearly always has lower-case letters, while variable
+/// names practically never do.
+pub fn is_env_name(s: &str) -> bool {
+    let mut c = s.chars();
+    s.len() <= 128
+        && c.next().is_some_and(|f| f.is_ascii_uppercase() || f == '_')
+        && c.all(|x| x.is_ascii_uppercase() || x.is_ascii_digit() || x == '_')
 }

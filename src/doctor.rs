@@ -152,7 +152,11 @@ pub struct KvmReport {
 #[derive(Debug, Serialize)]
 pub struct RootlessReport {
     pub running_as_root: bool,
+    /// The current user can build inside a user namespace (for root: the host would let
+    /// root's own user namespace be created; root needs none).
     pub user_namespaces: bool,
+    /// What stops rootless builds (empty when nothing does).
+    pub problems: Vec<String>,
     pub note: String,
 }
 
@@ -176,7 +180,7 @@ pub async fn run(config: &Config) -> Report {
         firmware.push((p.to_string(), ok));
     }
     let kvm = kvm_report();
-    let rootless = rootless_report();
+    let rootless = rootless_report().await;
     let mut disk = Vec::new();
     for p in [config.cache_dir(), config.store_dir(), config.build_dir()] {
         let probe = existing_ancestor(&p);
@@ -276,24 +280,50 @@ fn kvm_report() -> KvmReport {
     }
 }
 
-fn rootless_report() -> RootlessReport {
+async fn rootless_report() -> RootlessReport {
     let root = nix::unistd::geteuid().is_root();
-    let max_ns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let clone_ok = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
-        .map(|s| s.trim() == "1")
-        .unwrap_or(true);
-    let userns = max_ns > 0 && clone_ok && which("newuidmap").is_some();
-    let note = if userns {
-        "user namespaces available: builds can run as an unprivileged user".into()
-    } else {
-        "user namespaces unavailable (or uidmap not installed): builds need root".into()
+    let mut a = crate::rootless::check();
+    // The files can look right while something else (seccomp, a container runtime, a
+    // security module) still refuses: only creating the namespace proves it works.
+    if !root && a.available {
+        let probe = crate::rootless::namespace_command(Path::new("/bin/true"))
+            .timeout(std::time::Duration::from_secs(20))
+            .run()
+            .await;
+        if let Err(e) = probe {
+            a.available = false;
+            a.problems
+                .push(format!("creating the user namespace failed: {e}"));
+        }
+    }
+    let note = match (root, a.available) {
+        (true, _) => format!(
+            "running as root: builds need no user namespace{}",
+            if a.problems.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (user {} could not build rootless: {})",
+                    a.user,
+                    a.problems.join("; ")
+                )
+            }
+        ),
+        (false, true) => format!(
+            "user {} builds rootless, inside a user namespace (subordinate ids from \
+             /etc/subuid and /etc/subgid)",
+            a.user
+        ),
+        (false, false) => format!(
+            "user {} cannot build: {}; build as root or fix this",
+            a.user,
+            a.problems.join("; ")
+        ),
     };
     RootlessReport {
         running_as_root: root,
-        user_namespaces: userns,
+        user_namespaces: a.available,
+        problems: a.problems,
         note,
     }
 }

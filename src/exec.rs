@@ -134,7 +134,14 @@ pub struct Cmd {
     stdin: StdinSpec,
     stdout: StdoutSpec,
     inherit_stderr: bool,
+    /// Run in a process group of its own (false only for interactive children).
+    own_group: bool,
     label: Option<String>,
+    /// Descriptors the child inherits under the same numbers (secrets for bwrap's
+    /// `--ro-bind-data`): the bytes never touch a disk or an argument list.
+    fds: Vec<std::os::fd::OwnedFd>,
+    /// RLIMIT_AS (bytes) for the child and everything it starts.
+    memory_limit: Option<u64>,
 }
 
 impl Cmd {
@@ -150,7 +157,10 @@ impl Cmd {
             stdin: StdinSpec::Null,
             stdout: StdoutSpec::Capture,
             inherit_stderr: false,
+            own_group: true,
             label: None,
+            fds: Vec::new(),
+            memory_limit: None,
         }
     }
 
@@ -201,6 +211,32 @@ impl Cmd {
         self.stdin = StdinSpec::Inherit;
         self.stdout = StdoutSpec::Inherit;
         self.inherit_stderr = true;
+        self.own_group = false;
+        self
+    }
+
+    /// Let the program write to goldsmith's stdout and stderr directly, in a process
+    /// group of its own (stdin is /dev/null): for a goldsmith re-executed inside a user
+    /// namespace, whose output is already redacted by itself.
+    pub fn passthrough(mut self) -> Self {
+        self.stdin = StdinSpec::Null;
+        self.stdout = StdoutSpec::Inherit;
+        self.inherit_stderr = true;
+        self.own_group = true;
+        self
+    }
+
+    /// Let the child inherit `fd` under the same number (see [`inheritable_fd`]); it is
+    /// closed in goldsmith once the child has started.
+    pub fn pass_fd(mut self, fd: std::os::fd::OwnedFd) -> Self {
+        self.fds.push(fd);
+        self
+    }
+
+    /// Cap the address space of the child and of everything it starts (RLIMIT_AS, soft
+    /// and hard, so the child cannot raise it again). `None` leaves the limit alone.
+    pub fn memory_limit(mut self, bytes: Option<u64>) -> Self {
+        self.memory_limit = bytes;
         self
     }
 
@@ -348,19 +384,39 @@ impl Cmd {
         } else {
             cmd.stderr(Stdio::piped());
         }
-        let interactive = self.inherit_stderr;
-        if !interactive {
+        let own_group = self.own_group;
+        if own_group {
             // Own process group, so one signal reaches the program and everything it forks.
             // An interactive child stays in our group so the terminal's job control and
             // Ctrl-A X of the QEMU console keep working.
             cmd.process_group(0);
         }
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child if
-        // goldsmith itself dies, so a SIGKILLed goldsmith does not leave it running.
+        use std::os::fd::AsRawFd;
+        let fds: Vec<i32> = self.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let memory_limit = self.memory_limit;
+        // SAFETY: only async-signal-safe calls (prctl, fcntl, setrlimit) between fork and
+        // exec. PDEATHSIG asks the kernel to kill the child if goldsmith itself dies, so a
+        // SIGKILLed goldsmith does not leave it running.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // Passed descriptors are close-on-exec in goldsmith (so no other child
+                // inherits them); only this child keeps them across exec.
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(bytes) = memory_limit {
+                    let lim = libc::rlimit {
+                        rlim_cur: bytes as libc::rlim_t,
+                        rlim_max: bytes as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -369,8 +425,10 @@ impl Cmd {
             program: program.clone(),
             source,
         })?;
+        // The child has its copies; ours close now.
+        drop(self.fds);
         let pid = child.id().unwrap_or(0) as i32;
-        let guard = GroupGuard::register(pid, !interactive, &shown);
+        let guard = GroupGuard::register(pid, own_group, &shown);
         if let Some(bytes) = stdin_bytes {
             if let Some(mut sin) = child.stdin.take() {
                 tokio::spawn(async move {
@@ -452,6 +510,14 @@ impl Running {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Send `sig` to the whole process group (e.g. forward a SIGTERM so the program can
+    /// clean up); the group stays registered for the final kill.
+    pub fn signal(&self, sig: Signal) {
+        if self.guard.live && self.guard.own_group && self.guard.pgid > 0 {
+            let _ = killpg(Pid::from_raw(self.guard.pgid), sig);
+        }
+    }
+
     /// Kill the whole process group now (SIGKILL).
     pub fn kill(&mut self) {
         self.guard.kill();
@@ -519,6 +585,21 @@ impl Drop for GroupGuard {
 fn live_groups() -> &'static Mutex<HashMap<i32, String>> {
     static G: OnceLock<Mutex<HashMap<i32, String>>> = OnceLock::new();
     G.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A close-on-exec descriptor numbered 3 or higher (never one of stdio's numbers, even
+/// when goldsmith was started with a closed stdin), for [`Cmd::pass_fd`].
+pub fn inheritable_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl on a descriptor we own; the new one is owned by the returned value.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
 }
 
 /// Kill every live process group (used by the signal handler before the pipeline unwinds).

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod exec;
 pub mod format;
 pub mod fsutil;
+pub mod leakscan;
 pub mod nightly;
 pub mod plan;
 pub mod publish;
@@ -20,6 +21,7 @@ pub mod recipe;
 pub mod report;
 pub mod rollout;
 pub mod rootfs;
+pub mod rootless;
 pub mod store;
 pub mod verify;
 

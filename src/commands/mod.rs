@@ -64,9 +64,11 @@ impl Ctx {
     }
 }
 
-/// Write to stdout. A closed pipe (`goldsmith plan | head`) is not an error worth a
-/// panic: the reader has seen what it wanted.
+/// Write to stdout, through the secret redactor like every log line. A closed pipe
+/// (`goldsmith plan | head`) is not an error worth a panic: the reader has seen what it
+/// wanted.
 pub fn say(text: &str) {
+    let text = exec::redact(text);
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
@@ -115,6 +117,11 @@ pub async fn run_with_signals(cli: Cli) -> u8 {
         eprintln!("error: cannot install signal handlers");
         return 1;
     };
+    // Building trees as an unprivileged user happens inside a user namespace; the
+    // re-executed goldsmith handles its own signals, this one only forwards them.
+    if matches!(cli.command, Command::Build(_) | Command::Nightly(_)) && crate::rootless::needed() {
+        return crate::rootless::reexec().await;
+    }
     let json = cli.global.json;
     tokio::select! {
         r = run(cli) => exit_code(r, json),

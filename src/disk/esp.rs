@@ -25,7 +25,10 @@ pub struct BootFiles {
 /// Find the newest kernel and its initrd in `tree/boot`, and systemd-boot (from the
 /// tree, else from the build host).
 pub fn find_boot_files(tree: &Path, image: &str) -> anyhow::Result<BootFiles> {
-    let boot = tree.join("boot");
+    // Every path is resolved inside the tree: a kernel symlinked to a host file must not
+    // copy that file into the image.
+    let inside = |rel: &str| crate::rootfs::tree::resolve_in(tree, rel, true);
+    let boot = inside("boot")?;
     let mut versions: Vec<String> = std::fs::read_dir(&boot)
         .map(|rd| {
             rd.flatten()
@@ -44,13 +47,13 @@ pub fn find_boot_files(tree: &Path, image: &str) -> anyhow::Result<BootFiles> {
             "image {image}: no kernel in /boot (add a kernel package such as linux-image-cloud-amd64 to a layer)"
         );
     };
-    let initrd = boot.join(format!("initrd.img-{v}"));
+    let initrd = inside(&format!("boot/initrd.img-{v}"))?;
     if !initrd.is_file() {
         anyhow::bail!(
             "image {image}: kernel {v} has no initrd (/boot/initrd.img-{v}); install initramfs-tools in a layer"
         );
     }
-    let in_tree = tree.join(SYSTEMD_BOOT);
+    let in_tree = inside(SYSTEMD_BOOT)?;
     let bootloader = if in_tree.is_file() {
         in_tree
     } else {
@@ -63,7 +66,7 @@ pub fn find_boot_files(tree: &Path, image: &str) -> anyhow::Result<BootFiles> {
         host
     };
     Ok(BootFiles {
-        kernel: boot.join(format!("vmlinuz-{v}")),
+        kernel: inside(&format!("boot/vmlinuz-{v}"))?,
         initrd,
         bootloader,
         kernel_version: v,

@@ -39,8 +39,10 @@ pub async fn assemble(spec: &DiskSpec<'_>, tree: &Path, out: &Path) -> anyhow::R
     let l = layout::layout(spec.disk_mib, spec.esp_mib, spec.content_digest)
         .map_err(|m| anyhow::anyhow!("image {}: {m}", spec.image))?;
     check_fits(spec, tree, &l)?;
-    let fstab = tree.join("etc/fstab");
-    let etc_mtime = filetime::FileTime::from_last_modification_time(&tree.join("etc").metadata()?);
+    // Resolved inside the tree: a layer's `/etc -> /somewhere` must not lead to the host.
+    let etc = crate::rootfs::tree::resolve_in(tree, "etc", true)?;
+    let fstab = crate::rootfs::tree::resolve_in(tree, "etc/fstab", true)?;
+    let etc_mtime = filetime::FileTime::from_last_modification_time(&etc.metadata()?);
     std::fs::write(
         &fstab,
         format!(
@@ -51,7 +53,7 @@ pub async fn assemble(spec: &DiskSpec<'_>, tree: &Path, out: &Path) -> anyhow::R
     // Like every file of the tree, fstab carries SOURCE_DATE_EPOCH, not the build time.
     let t = filetime::FileTime::from_unix_time(spec.sde, 0);
     filetime::set_symlink_file_times(&fstab, t, t)?;
-    filetime::set_symlink_file_times(tree.join("etc"), etc_mtime, etc_mtime)?;
+    filetime::set_symlink_file_times(&etc, etc_mtime, etc_mtime)?;
     let boot = esp::find_boot_files(tree, spec.image)?;
     let mut cmdline = format!("root=PARTUUID={} rw", l.root.uuid);
     for c in spec.cmdline {

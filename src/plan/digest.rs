@@ -10,7 +10,8 @@ use crate::recipe::layer::{Bootstrap, GroupSpec, Repository, Services, UserSpec}
 use crate::recipe::{Layer, RenderedLayer};
 
 /// Bumped whenever the way a layer is applied changes, so old cache entries stop matching.
-pub const LAYER_FORMAT: u32 = 1;
+/// 2: base layers carry no device nodes in /dev (the same as root and rootless).
+pub const LAYER_FORMAT: u32 = 2;
 
 /// A package resolved for a layer: what apt will install, with its exact version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]

@@ -184,6 +184,13 @@ pub fn credentials_from(
     let username = get(user_env, "username_env")?;
     let password = get(pass_env, "password_env")?;
     crate::exec::register_secret(&password);
+    // The form that travels in `Authorization: Basic` headers.
+    {
+        use base64::Engine as _;
+        crate::exec::register_secret(
+            &base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")),
+        );
+    }
     Ok(Some(Credentials {
         username,
         password,

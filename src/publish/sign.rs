@@ -92,6 +92,11 @@ impl Signer {
             message: m,
         };
         let text = std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?;
+        // The key's own line (unencrypted keys hold the key itself) is as secret as the
+        // passphrase: nothing may print it.
+        for line in text.lines().skip(1) {
+            exec::register_secret(line.trim());
+        }
         let pass = passphrase(var, path)?;
         let sk = SecretKey::from_box(text.into(), Some(pass)).map_err(|e| {
             key_err(format!(

@@ -238,6 +238,9 @@ fn default_channel() -> String {
     "nightly".into()
 }
 
+/// The largest size goldsmith accepts anywhere (64 TiB).
+pub const MAX_SIZE_MIB: u64 = 64 << 20;
+
 /// Parse a size like "2G", "1536M", "512MiB" into MiB (rounded up).
 pub fn parse_size_mib(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -254,11 +257,15 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
         "T" | "TB" | "TIB" => 1024.0 * 1024.0,
         u => return Err(format!("unknown size unit '{u}' in '{s}' (use M or G)")),
     };
-    let mib = (n * mult).ceil() as u64;
-    if mib == 0 {
+    let mib = (n * mult).ceil();
+    if mib < 1.0 {
         return Err(format!("size '{s}' is zero"));
     }
-    Ok(mib)
+    // Sizes are turned into byte counts later; a bound keeps that arithmetic in range.
+    if mib > MAX_SIZE_MIB as f64 {
+        return Err(format!("size '{s}' is larger than 64T"));
+    }
+    Ok(mib as u64)
 }
 
 #[cfg(test)]

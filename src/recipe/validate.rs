@@ -121,6 +121,31 @@ pub(super) fn layer(layer: &Layer) -> ConfigErrors {
                 s.name
             )));
         }
+        // The name becomes /run/goldsmith/secrets/NAME inside the sandbox.
+        let name_ok = !s.name.is_empty()
+            && s.name.len() <= 64
+            && s.name != "."
+            && s.name != ".."
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !name_ok {
+            errs.push(src.error(format!(
+                "secrets[{i}].name: '{}' must be a plain file name (letters, digits, '.', '_', '-')",
+                s.name
+            )));
+        }
+        if let Some(v) = &s.env {
+            if !crate::config::is_env_name(v) {
+                // Maybe the secret itself was pasted here: never repeat it.
+                crate::exec::register_secret(v);
+                errs.push(src.error(format!(
+                    "secrets[{i}] '{}': env must name an environment variable (capital \
+                     letters, digits and '_'), not hold the secret itself",
+                    s.name
+                )));
+            }
+        }
     }
     errs.extend(checks(src, "checks", &def.checks));
     errs
@@ -206,6 +231,23 @@ pub(super) fn image<'a>(
     }
     if def.disk.esp_mib < 64 {
         errs.push(src.error("disk.esp_mib: the EFI system partition needs at least 64 MiB"));
+    }
+    if def.disk.esp_mib > 65536 {
+        errs.push(src.error("disk.esp_mib: at most 65536 (64 GiB)"));
+    }
+    // Test VMs get bounded memory and CPUs: the host's caps are in goldsmith.toml.
+    let host = &config.def.verify;
+    if def.vm.memory_mib < 256 || def.vm.memory_mib > host.max_memory_mib {
+        errs.push(src.error(format!(
+            "vm.memory_mib: {} is outside 256..={} (verify.max_memory_mib in goldsmith.toml)",
+            def.vm.memory_mib, host.max_memory_mib
+        )));
+    }
+    if def.vm.cpus == 0 || def.vm.cpus > host.max_cpus {
+        errs.push(src.error(format!(
+            "vm.cpus: {} is outside 1..={} (verify.max_cpus in goldsmith.toml)",
+            def.vm.cpus, host.max_cpus
+        )));
     }
     if def.formats.is_empty() {
         errs.push(src.error("formats: list at least one output format"));

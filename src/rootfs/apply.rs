@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::sandbox::Sandbox;
+use super::tree::resolve_in;
 use crate::fsutil::FileLock;
 use crate::recipe::{FileKind, Layer, RenderedLayer};
 
@@ -22,6 +23,28 @@ pub struct ApplyCtx<'a> {
     pub step_timeout: Duration,
     /// Build-time secrets: name -> value, visible to scripts only.
     pub secrets: &'a [(String, Vec<u8>)],
+    /// RLIMIT_AS for every sandboxed step (`build.memory_max`).
+    pub memory_max: Option<u64>,
+    /// Local (`file:`) repositories the image's layers declare, bound read-only into
+    /// package steps. Only declared ones: a source list a script wrote into the tree must
+    /// not make goldsmith show the sandbox a folder of the host.
+    pub file_repositories: Vec<PathBuf>,
+}
+
+/// The `file:` repositories among `repos`, as host folders.
+pub fn declared_file_repositories<'a>(
+    repos: impl IntoIterator<Item = &'a crate::recipe::layer::Repository>,
+) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for r in repos {
+        if let Some(p) = r.uri.get_ref().strip_prefix("file:") {
+            let p = PathBuf::from(format!("/{}", p.trim_start_matches('/')));
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Where the layer's files and scripts are staged, mounted read-only in the sandbox.
@@ -45,7 +68,8 @@ pub async fn apply_layer(
     let base = Sandbox::new(tree, format!("layer {}", layer.name))
         .bind(stage.path(), STAGE, false)
         .env("SOURCE_DATE_EPOCH", &ctx.sde.to_string())
-        .env("GOLDSMITH_LAYER", &layer.name);
+        .env("GOLDSMITH_LAYER", &layer.name)
+        .memory_max(ctx.memory_max);
     install_policy_rc_d(tree)?;
     let result = async {
         if !def.repositories.is_empty() {
@@ -76,7 +100,7 @@ pub async fn apply_layer(
             std::fs::write(stage.path().join("configure.sh"), &script)?;
             base.clone()
                 .timeout(ctx.step_timeout)
-                .command(&["/bin/sh", &format!("{STAGE}/configure.sh")])
+                .command(&["/bin/sh", &format!("{STAGE}/configure.sh")])?
                 .run()
                 .await
                 .map_err(|e| {
@@ -98,7 +122,7 @@ pub async fn apply_layer(
 
 /// Keep package maintainer scripts from starting daemons inside the build sandbox.
 fn install_policy_rc_d(tree: &Path) -> std::io::Result<()> {
-    let p = tree.join("usr/sbin/policy-rc.d");
+    let p = resolve_in(tree, "usr/sbin/policy-rc.d", true)?;
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -110,7 +134,9 @@ fn install_policy_rc_d(tree: &Path) -> std::io::Result<()> {
 }
 
 fn remove_policy_rc_d(tree: &Path) {
-    let _ = std::fs::remove_file(tree.join("usr/sbin/policy-rc.d"));
+    if let Ok(p) = resolve_in(tree, "usr/sbin/policy-rc.d", false) {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn write_repositories(layer: &Layer, tree: &Path) -> anyhow::Result<()> {
@@ -127,34 +153,14 @@ fn write_repositories(layer: &Layer, tree: &Path) -> anyhow::Result<()> {
             r.components.join(" ")
         );
     }
-    let p = tree.join(format!(
-        "etc/apt/sources.list.d/goldsmith-{}.list",
-        layer.name
-    ));
+    let p = resolve_in(
+        tree,
+        format!("etc/apt/sources.list.d/goldsmith-{}.list", layer.name),
+        true,
+    )?;
     std::fs::create_dir_all(p.parent().expect("has parent"))?;
     std::fs::write(&p, s.trim_end().to_string() + "\n")?;
     Ok(())
-}
-
-/// Local (`file:`) repositories of every layer's sources that the sandbox must see.
-fn file_repositories(tree: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let dir = tree.join("etc/apt/sources.list.d");
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        for w in text.split_whitespace() {
-            if let Some(p) = w.strip_prefix("file:") {
-                let p = PathBuf::from(format!("/{}", p.trim_start_matches('/')));
-                if p.exists() && !out.contains(&p) {
-                    out.push(p);
-                }
-            }
-        }
-    }
-    out
 }
 
 async fn packages(
@@ -194,12 +200,12 @@ async fn packages(
         .timeout(ctx.step_timeout)
         .bind(&archives, "/var/cache/apt/archives", true)
         .bind(lists.path(), "/var/lib/apt/lists", true);
-    for p in file_repositories(&base.tree) {
+    for p in ctx.file_repositories.iter().filter(|p| p.is_dir()) {
         let s = p.display().to_string();
-        sb = sb.bind(&p, &s, false);
+        sb = sb.bind(p, &s, false);
     }
     with_resolv_conf(&base.tree, || async {
-        sb.command(&["/bin/sh", "-c", &script])
+        sb.command(&["/bin/sh", "-c", &script])?
             .run()
             .await
             .map_err(|e| {
@@ -223,8 +229,8 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let p = tree.join("etc/resolv.conf");
-    let aside = tree.join("etc/.resolv.conf.goldsmith");
+    let p = resolve_in(tree, "etc/resolv.conf", false)?;
+    let aside = p.with_file_name(".resolv.conf.goldsmith");
     let before = p.symlink_metadata().ok();
     let moved = match &before {
         Some(m) if m.file_type().is_symlink() => {
@@ -330,11 +336,13 @@ fn config_script(layer: &Layer, rendered: &RenderedLayer, stage: &Path) -> anyho
                     q(&f.group)
                 );
             }
-            FileKind::Disk { path, .. } => {
+            FileKind::Disk { path, size, sha256 } => {
                 std::fs::create_dir_all(&files_dir)?;
                 // Copy (not link): the stage is read-only to the sandbox anyway, and the
                 // layer folder must never be reachable from inside the tree.
-                std::fs::copy(path, files_dir.join(i.to_string()))?;
+                copy_checked(path, &files_dir.join(i.to_string()), *size, sha256).with_context(
+                    || format!("layer {}: files: copying {}", layer.name, path.display()),
+                )?;
                 let _ = writeln!(
                     s,
                     "mkdir -p \"$(dirname {dest})\"; rm -f {dest}; install -m {mode} -o {} -g {} {STAGE}/files/{i} {dest}",
@@ -363,6 +371,47 @@ fn config_script(layer: &Layer, rendered: &RenderedLayer, stage: &Path) -> anyho
     Ok(format!("set -eux\n{s}"))
 }
 
+/// Copy a file of the layer folder into the stage: streaming (bounded memory for any
+/// size), holes kept as holes (a sparse multi-GiB file stays small), never through a
+/// symlink, and checked against the size and sha256 the layer digest was made from, so
+/// the bytes built are the bytes planned even if the file changed in between.
+fn copy_checked(src: &Path, dest: &Path, size: u64, sha256: &str) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHUNK: usize = 1 << 16;
+    let mut inp = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
+    let mut out = std::fs::File::create(dest)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = inp.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+        if buf[..n].iter().all(|&b| b == 0) {
+            out.seek(std::io::SeekFrom::Current(n as i64))?;
+        } else {
+            out.write_all(&buf[..n])?;
+        }
+    }
+    out.set_len(total)?;
+    let got = hex::encode(h.finalize());
+    if total != size || got != sha256 {
+        anyhow::bail!(
+            "the file changed since the plan was made (now {total} bytes, sha256 {got}; \
+             planned {size} bytes, {sha256}); run the build again"
+        );
+    }
+    Ok(())
+}
+
 async fn run_scripts(
     ctx: &ApplyCtx<'_>,
     layer: &Layer,
@@ -375,17 +424,18 @@ async fn run_scripts(
     }
     let dir = stage.join("scripts");
     std::fs::create_dir_all(&dir)?;
-    // Secrets live in a folder outside the tree, mounted under /run (a tmpfs), so no
-    // byte of them can end up in the image.
-    let secrets = tempfile::Builder::new()
-        .prefix("goldsmith-secrets-")
-        .tempdir()?;
-    std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o700))?;
-    for (name, value) in ctx.secrets {
-        let p = secrets.path().join(name);
-        std::fs::write(&p, value)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400))?;
-    }
+    // Secrets are files on the sandbox's own tmpfs under /run, filled from in-memory
+    // descriptors: no byte of them is ever on the host's disk or inside the tree.
+    let secrets: Vec<(String, std::sync::Arc<Vec<u8>>)> = ctx
+        .secrets
+        .iter()
+        .map(|(name, value)| {
+            (
+                format!("{SECRETS}/{name}"),
+                std::sync::Arc::new(value.clone()),
+            )
+        })
+        .collect();
     for (i, s) in rendered.scripts.iter().enumerate() {
         let file = format!("{i:02}-{}", sanitize(&s.name));
         let p = dir.join(&file);
@@ -401,11 +451,11 @@ async fn run_scripts(
             .clone()
             .network(s.network)
             .timeout(Duration::from_secs(s.timeout_secs));
-        if !ctx.secrets.is_empty() {
-            sb = sb.bind(secrets.path(), SECRETS, false);
+        for (guest, value) in &secrets {
+            sb = sb.secret(guest, value.clone());
         }
         let run = || async {
-            sb.command(&argv).run().await.map_err(|e| {
+            sb.command(&argv)?.run().await.map_err(|e| {
                 anyhow::anyhow!(
                     "layer {}: script {} failed {}",
                     layer.name,
@@ -456,7 +506,7 @@ async fn services(layer: &Layer, base: &Sandbox, timeout: Duration) -> anyhow::R
     }
     base.clone()
         .timeout(timeout)
-        .command(&["/bin/sh", "-c", &format!("set -eu\n{script}")])
+        .command(&["/bin/sh", "-c", &format!("set -eu\n{script}")])?
         .run()
         .await
         .map_err(|e| {

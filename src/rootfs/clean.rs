@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use super::tree::resolve_in;
+
 /// Files whose content identifies one machine or one build run.
 const REMOVE: &[&str] = &[
     "etc/resolv.conf",
@@ -35,7 +37,7 @@ const EMPTY: &[&str] = &[
 /// Clean `tree` in place.
 pub fn clean(tree: &Path) -> std::io::Result<()> {
     for rel in REMOVE {
-        let p = tree.join(rel);
+        let p = resolve_in(tree, rel, false)?;
         // A symlinked resolv.conf (systemd-resolved) belongs to the image; a regular file
         // is the build host's copy.
         if *rel == "etc/resolv.conf" {
@@ -51,7 +53,7 @@ pub fn clean(tree: &Path) -> std::io::Result<()> {
         }
     }
     for rel in EMPTY {
-        let d = tree.join(rel);
+        let d = resolve_in(tree, rel, true)?;
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
         };
@@ -70,16 +72,16 @@ pub fn clean(tree: &Path) -> std::io::Result<()> {
         }
     }
     // machine-id stays as an empty file: systemd then generates one on first boot.
-    let mid = tree.join("etc/machine-id");
+    let mid = resolve_in(tree, "etc/machine-id", true)?;
     if mid.symlink_metadata().is_ok() {
         std::fs::write(&mid, b"")?;
     }
     // The bootstrap copies the build host's name; a template has none of its own.
-    let hn = tree.join("etc/hostname");
+    let hn = resolve_in(tree, "etc/hostname", true)?;
     if hn.is_file() && std::fs::read(&hn)? != b"localhost\n" {
         std::fs::write(&hn, b"localhost\n")?;
     }
-    if let Ok(rd) = std::fs::read_dir(tree.join("etc/ssh")) {
+    if let Ok(rd) = std::fs::read_dir(resolve_in(tree, "etc/ssh", true)?) {
         for e in rd.flatten() {
             if e.file_name().to_string_lossy().starts_with("ssh_host_") {
                 std::fs::remove_file(e.path())?;

@@ -6,7 +6,7 @@ use crate::plan::ResolvedPackage;
 
 /// Packages whose status is "install ok installed", sorted by name.
 pub fn installed(tree: &Path) -> std::io::Result<Vec<ResolvedPackage>> {
-    let p = tree.join("var/lib/dpkg/status");
+    let p = super::tree::resolve_in(tree, "var/lib/dpkg/status", true)?;
     let text = match std::fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -72,6 +72,10 @@ pub struct RootfsCtx<'a> {
     pub failed_layers: Option<&'a FailedLayers>,
     /// The layer cache CI workers share (`[cache.s3]`).
     pub remote: Option<&'a remote::RemoteCache>,
+    /// RLIMIT_AS for every program a layer step runs (`build.memory_max`).
+    pub memory_max: Option<u64>,
+    /// Secrets a layer's output must not contain (`None`: no secret is known).
+    pub needles: Option<&'a crate::leakscan::Needles>,
 }
 
 /// One layer as the build saw it.
@@ -327,6 +331,7 @@ async fn build_layer(
             sde: ctx.sde,
             timeout: ctx.step_timeout,
             label: &format!("layer {}", layer.name),
+            memory_max: ctx.memory_max,
         })
         .await
         .with_context(|| format!("layer {}", layer.name))?;
@@ -342,8 +347,17 @@ async fn build_layer(
         sde: ctx.sde,
         step_timeout: ctx.step_timeout,
         secrets: ctx.secrets,
+        memory_max: ctx.memory_max,
+        file_repositories: apply::declared_file_repositories(
+            img.layers[..=i]
+                .iter()
+                .flat_map(|l| ctx.recipes.layers[&l.name].def.repositories.iter()),
+        ),
     };
-    apply::apply_layer(&actx, layer, rendered, exact.as_deref(), tree_path).await?;
+    apply::apply_layer(&actx, layer, rendered, exact.as_deref(), tree_path)
+        .await
+        .map_err(|e| in_layer(&layer.name, e))?;
+    let needles = ctx.needles.cloned();
     let cache = ctx.cache.clone();
     let t = tree_path.to_owned();
     let digest = node.digest.clone();
@@ -354,6 +368,13 @@ async fn build_layer(
         clean::clean(&t)?;
         let mut after = tree::snapshot(&t)?;
         let d = tree::diff(&before, &after);
+        // A layer whose output holds a secret is never cached (nor becomes an OCI layer).
+        if let Some(n) = &needles {
+            crate::leakscan::check(
+                format!("layer {name}"),
+                crate::leakscan::scan_paths(&t, &d.changed, n)?,
+            )?;
+        }
         tree::clamp_mtimes(&t, &d.changed, sde, &mut after)?;
         let staging = cache.staging(&digest)?;
         let zst_path = staging.path().join("diff.tar.zst");
@@ -398,8 +419,19 @@ async fn build_layer(
         }
         Ok(meta)
     })
-    .await??;
+    .await?
+    .map_err(|e| in_layer(&layer.name, e))?;
     Ok(meta)
+}
+
+/// Name the layer in an error that does not name it yet (an i/o error such as a full
+/// disk while saving the layer).
+fn in_layer(name: &str, e: anyhow::Error) -> anyhow::Error {
+    if e.to_string().starts_with(&format!("layer {name}")) {
+        e
+    } else {
+        e.context(format!("layer {name}"))
+    }
 }
 
 /// `name=version` for every package of `set` that `below` lacks or has at another version.

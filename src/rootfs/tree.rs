@@ -18,6 +18,71 @@ use sha2::{Digest, Sha256};
 /// OCI whiteout prefix: `dir/.wh.name` deletes `dir/name` of the layers below.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 
+/// The host path of `rel` inside the image tree at `root`, resolved as the image itself
+/// would resolve it (as if `root` were `/`): symlinks are followed, absolute ones from
+/// `root`, and neither they nor `..` ever lead out of it. With `follow_last = false` the
+/// final component is not resolved, for operations on a symlink itself (removal).
+/// Components that do not exist are kept as they are.
+///
+/// Everything goldsmith does to a tree from the host (cleaning, writing fstab, reading
+/// the kernel) goes through this: a layer may leave `/var/tmp -> /home` or
+/// `/etc/ssh -> /etc/ssh` behind, which a plain `root.join(..)` would follow into the
+/// build host. No sandboxed step runs while goldsmith does this, so nothing can swap a
+/// component between the check and the use.
+pub fn resolve_in(root: &Path, rel: impl AsRef<Path>, follow_last: bool) -> io::Result<PathBuf> {
+    use std::ffi::OsString;
+    use std::path::Component;
+    fn push_rev(pending: &mut Vec<OsString>, p: &Path) {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_os_string()),
+                Component::ParentDir => pending.push(OsString::from("..")),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    }
+    let mut pending: Vec<OsString> = Vec::new();
+    push_rev(&mut pending, rel.as_ref());
+    let mut cur = root.to_path_buf();
+    let mut depth = 0usize;
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            if depth > 0 {
+                cur.pop();
+                depth -= 1;
+            }
+            continue;
+        }
+        let next = cur.join(&c);
+        if pending.is_empty() && !follow_last {
+            return Ok(next);
+        }
+        match next.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links resolving /{} in the image",
+                        rel.as_ref().display()
+                    )));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    cur = root.to_path_buf();
+                    depth = 0;
+                }
+                push_rev(&mut pending, &target);
+            }
+            _ => {
+                cur = next;
+                depth += 1;
+            }
+        }
+    }
+    Ok(cur)
+}
+
 /// Metadata of one tree entry, enough to notice any change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -352,11 +417,11 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
                 .unwrap_or(Path::new(""))
                 .join(OsStr::from_bytes(hidden));
             remember_parent(&target);
-            remove_any(&root.join(target))?;
+            remove_any(&resolve_in(root, &target, false)?)?;
             continue;
         }
         remember_parent(&rel);
-        let dest = root.join(&rel);
+        let dest = resolve_in(root, &rel, false)?;
         let is_dir = entry.header().entry_type() == tar::EntryType::Directory;
         if let Ok(existing) = dest.symlink_metadata() {
             if !(is_dir && existing.is_dir()) {
@@ -368,7 +433,23 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
                 filetime::FileTime::from_unix_time(entry.header().mtime().unwrap_or(0) as i64, 0);
             dir_times.insert(rel.clone(), t);
         }
-        entry.unpack_in(root)?;
+        let device = matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Char | tar::EntryType::Block
+        );
+        match entry.unpack_in(root) {
+            Err(e) if device && crate::rootless::inside() => {
+                return Err(io::Error::other(format!(
+                    "layer tar entry '{}' is a device node, which a rootless build cannot \
+                     create ({e}); build this image as root, or leave device nodes out of \
+                     the layer (/dev is provided at boot)",
+                    rel.display()
+                )));
+            }
+            r => {
+                r?;
+            }
+        }
     }
     for (p, t) in parents_before {
         dir_times.entry(p).or_insert(t);
@@ -534,6 +615,33 @@ mod tests {
             std::fs::read_to_string(root.join("etc/x")).unwrap(),
             "layer"
         );
+    }
+
+    #[test]
+    fn resolution_stays_inside_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("tree");
+        std::fs::create_dir_all(root.join("etc/real")).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        let sym =
+            |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+        sym("/etc", "etc/abs"); // absolute: from the tree's root
+        sym("../../../../..", "etc/up"); // climbing: stops at the root
+        sym("real", "etc/rel");
+        sym("/usr/lib", "lib");
+        sym("loop2", "etc/loop1");
+        sym("loop1", "etc/loop2");
+        let r = |p: &str, f: bool| resolve_in(&root, p, f).unwrap();
+        assert_eq!(r("etc/abs/real", true), root.join("etc/real"));
+        assert_eq!(r("etc/up/etc/real", true), root.join("etc/real"));
+        assert_eq!(r("etc/up", true), root.clone());
+        assert_eq!(r("/etc/rel/x", true), root.join("etc/real/x"));
+        assert_eq!(r("lib/x/y", true), root.join("usr/lib/x/y"));
+        assert_eq!(r("../../etc", true), root.join("etc"));
+        // The last component itself, unresolved.
+        assert_eq!(r("etc/abs", false), root.join("etc/abs"));
+        assert_eq!(r("lib/../etc/rel", false), root.join("usr/etc/rel"));
+        assert!(resolve_in(&root, "etc/loop1/x", true).is_err());
     }
 
     #[test]

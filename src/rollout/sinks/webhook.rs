@@ -90,6 +90,8 @@ pub async fn deliver(cfg: &WebhookSink, rec: &OutboxRecord) -> SinkResult {
         }
     };
     exec::register_secret(&secret);
+    // Without its prefix too: that is the part a message or a decoder would echo.
+    exec::register_secret(secret.trim().trim_start_matches("whsec_"));
     let key = match decode_secret(&secret) {
         Ok(k) => k,
         Err(e) => {
