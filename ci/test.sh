@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 ./ci/install-deps.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets "$@"
+# --no-fail-fast: one run shows every failing test, not only the first binary's.
+cargo test --all-targets --no-fail-fast "$@"

@@ -785,6 +785,16 @@ pub fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// Streams of SIGINT and SIGTERM, for the commands that clean up before they exit.
+pub fn termination_signals(
+) -> std::io::Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok((
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

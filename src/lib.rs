@@ -13,6 +13,8 @@ pub mod doctor;
 pub mod exec;
 pub mod format;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod leakscan;
 pub mod nightly;
 pub mod plan;

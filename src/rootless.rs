@@ -133,7 +133,6 @@ pub fn subordinate_ids(text: &str, user: &str, uid: u32) -> u64 {
 
 /// Run this goldsmith again inside a user namespace and return its exit code.
 pub async fn reexec() -> u8 {
-    use tokio::signal::unix::{signal, SignalKind};
     let a = check();
     if !a.available {
         eprintln!(
@@ -151,10 +150,7 @@ pub async fn reexec() -> u8 {
             return 1;
         }
     };
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Ok((mut int, mut term)) = crate::exec::termination_signals() else {
         eprintln!("error: cannot install signal handlers");
         return 1;
     };

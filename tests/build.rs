@@ -380,36 +380,7 @@ fn rebuilding_an_unchanged_layer_gives_identical_bytes() {
 /// A failed build names the layer and the cause, leaves no temp folder, and publishes
 /// nothing that looks like a build.
 fn assert_failed_cleanly(p: &Project, image: &str, r: &Run, wants: &[&str]) {
-    assert_eq!(r.code, 1, "stderr:\n{}", r.stderr);
-    for w in wants {
-        assert!(r.stderr.contains(w), "missing {w:?} in:\n{}", r.stderr);
-    }
-    let root = p.path("target/goldsmith").join(image);
-    if root.exists() {
-        let left: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(
-            left.is_empty(),
-            "build root not empty after a failure: {left:?}"
-        );
-    }
-    let work = support::shared_cache().join("work");
-    if work.exists() {
-        let mine: Vec<_> = std::fs::read_dir(&work)
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{image}-"))
-            })
-            .map(|e| e.file_name())
-            .collect();
-        assert!(mine.is_empty(), "work trees left behind: {mine:?}");
-    }
+    support::assert_failed_cleanly(p, &support::shared_cache(), image, r, wants);
 }
 
 #[test]

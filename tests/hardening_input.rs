@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hostile::{assert_failed_cleanly, nonce};
+use hostile::nonce;
+use support::assert_failed_cleanly;
 use support::{shared_cache, Project};
 
 #[test]
@@ -134,6 +135,7 @@ fn a_gigantic_file_is_hashed_in_bounded_memory() {
         r#"["raw"]"#,
     );
     // 3 GiB, sparse, with data at both ends.
+    std::fs::create_dir_all(p.path("recipes/huge-top/files")).unwrap();
     let f = std::fs::File::create(p.path("recipes/huge-top/files/huge.img")).unwrap();
     f.set_len(3 << 30).unwrap();
     use std::os::unix::fs::FileExt;

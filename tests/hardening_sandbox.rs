@@ -10,7 +10,8 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use hostile::{assert_failed_cleanly, nonce};
+use hostile::nonce;
+use support::assert_failed_cleanly;
 use support::{processes_matching, shared_cache, Project};
 
 /// Build image `image` whose top layer runs `script`; the build must fail in the script

@@ -6,11 +6,8 @@
 mod hostile;
 mod support;
 
-use hostile::{
-    assert_failed_cleanly, build_dir, file_contains, nonce, oci_contains, zstd_contains,
-    TokenServer,
-};
-use support::shared_cache;
+use hostile::{build_dir, file_contains, nonce, oci_contains, zstd_contains, TokenServer};
+use support::{assert_failed_cleanly, shared_cache};
 
 const LAYER: &str = r#"
 [[secrets]]

@@ -109,11 +109,7 @@ impl<W: Write> Write for RedactingWriter<W> {
 /// Run the command; SIGINT/SIGTERM drop the running pipeline (its guards kill child
 /// process groups and remove temp space) and give exit code 130/143.
 pub async fn run_with_signals(cli: Cli) -> u8 {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Ok((mut int, mut term)) = crate::exec::termination_signals() else {
         eprintln!("error: cannot install signal handlers");
         return 1;
     };

@@ -198,3 +198,38 @@ fn prune_old_projects() {
         }
     });
 }
+
+/// A failed build: exit code 1, the messages wanted, no build left in the image's build
+/// root and no work tree of the image in `cache`.
+pub fn assert_failed_cleanly(p: &Project, cache: &Path, image: &str, r: &Run, wants: &[&str]) {
+    assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    for w in wants {
+        assert!(r.stderr.contains(w), "missing {w:?} in:\n{}", r.stderr);
+    }
+    let root = p.path("target/goldsmith").join(image);
+    if root.exists() {
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "build root not empty after a failure: {left:?}"
+        );
+    }
+    let work = cache.join("work");
+    if work.exists() {
+        let mine: Vec<_> = std::fs::read_dir(&work)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{image}-"))
+            })
+            .map(|e| e.file_name())
+            .collect();
+        assert!(mine.is_empty(), "work trees left behind: {mine:?}");
+    }
+}
