@@ -8,3 +8,6 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # --no-fail-fast: one run shows every failing test, not only the first binary's.
 cargo test --all-targets --no-fail-fast "$@"
+# A short bounded cargo-fuzz run of every parser (the proptest run above is in-process;
+# this one is coverage-guided libFuzzer): any crash fails CI.
+./ci/fuzz.sh "${GOLDSMITH_FUZZ_SECONDS:-15}"
