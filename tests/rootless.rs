@@ -10,7 +10,7 @@
 mod hostile;
 mod support;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -54,6 +54,17 @@ fn user() -> (u32, u32) {
                 USER,
             ],
         );
+    }
+    // The user runs the binary and builds under target/: every folder above them must let
+    // others pass through (a CI checkout may sit below a 0700 folder).
+    for p in [support::bin(), PathBuf::from(env!("CARGO_TARGET_TMPDIR"))] {
+        for dir in p.ancestors().filter(|d| d.is_dir()) {
+            let mode = dir.metadata().unwrap().permissions().mode();
+            if mode & 0o001 == 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                    .unwrap();
+            }
+        }
     }
     (u.uid.as_raw(), u.gid.as_raw())
 }
