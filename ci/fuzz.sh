@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-20}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 # cargo-fuzz needs nightly-only flags (-Zsanitizer); on a stable toolchain they are
-# allowed through RUSTC_BOOTSTRAP, as Debian's and distro toolchains do for themselves.
+# allowed on a stable rustc through RUSTC_BOOTSTRAP=1.
 export RUSTC_BOOTSTRAP=1
 seed() { # target, files...
   local dir="fuzz/corpus/$1"; shift

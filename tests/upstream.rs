@@ -310,30 +310,65 @@ fn an_unreachable_repository_fails_with_its_url() {
 
 /// apt runs without its own locks (it cannot take them as a user), so goldsmith's must
 /// keep concurrent runs on one cache (parallel CI jobs, two workers) from refreshing the
-/// lists one of them is reading: every run resolves the same digests.
+/// lists one of them is reading, and two runs that meet the same apt states in opposite
+/// orders must not wait for each other for ever: every run resolves the same digests.
 #[test]
 fn concurrent_runs_on_one_cache_resolve_alike() {
     let repo = Repo::new();
     repo.add("1.0");
+    let repo2 = Repo::new();
+    repo2.add("2.0");
     let p = project(&repo);
-    let children: Vec<_> = (0..4)
-        .map(|_| {
+    p.write(
+        "recipes/demo2/layer.toml",
+        &format!(
+            "[[repositories]]\nuri = \"{}\"\nsuite = \"./\"\ntrusted = true\n\n[packages]\ninstall = [\"gs-demo\"]\n",
+            repo2.uri()
+        ),
+    );
+    p.write(
+        "images/u2.toml",
+        "layers = [\"debian-base\", \"demo2\"]\nformats = [\"raw\"]\n",
+    );
+    let orders = [["u", "u2"], ["u2", "u"], ["u", "u2"], ["u2", "u"]];
+    let mut children: Vec<_> = orders
+        .iter()
+        .map(|o| {
             p.cmd()
-                .args(["plan", "u", "--json"])
+                .args(["plan", "--json", o[0], o[1]])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    // A deadlock would hang: fail instead (generous, the machine may be busy).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        if std::time::Instant::now() > deadline {
+            for c in &mut children {
+                let _ = c.kill();
+            }
+            panic!("concurrent plans did not finish: waiting for each other's locks?");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let mut seen = Vec::new();
     for c in children {
         let o = c.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "a concurrent plan failed: {stderr}");
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        seen.push(v["images"][0]["layers"].clone());
+        let mut by_name: Vec<(String, serde_json::Value)> = v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].as_str().unwrap().to_string(), i["layers"].clone()))
+            .collect();
+        by_name.sort_by(|a, b| a.0.cmp(&b.0));
+        seen.push(by_name);
     }
     assert!(seen.iter().all(|l| *l == seen[0]), "{seen:?}");
-    assert!(seen[0].as_array().is_some_and(|a| a.len() == 3));
+    assert_eq!(seen[0].len(), 2);
+    assert_eq!(seen[0][0].1.as_array().map(|a| a.len()), Some(3));
 }

@@ -191,6 +191,14 @@ async fn resolve_image(
             let skey = sources_key(&sources);
             if !states.contains_key(&skey) {
                 let mut st = AptState::new(cache_root, sources.clone());
+                if !opts.offline {
+                    // Never wait for an exclusive lock while holding a shared one: two runs
+                    // that meet the same states in different orders would wait for each
+                    // other for ever. The others are taken again after the refresh.
+                    for other in states.values_mut() {
+                        other.lock = None;
+                    }
+                }
                 st.lock(!opts.offline).await?;
                 let refreshed = if opts.offline {
                     if !st.has_lists() {
@@ -202,7 +210,17 @@ async fn resolve_image(
                     }
                     false
                 } else {
-                    st.update(&layer.name).await?;
+                    let updated = st.update(&layer.name).await;
+                    // Released before any other lock is waited for (the same rule), and the
+                    // others taken again even when the refresh failed: other images of this
+                    // run still resolve from them.
+                    st.lock = None;
+                    for other in states.values_mut() {
+                        other.lock(false).await?;
+                        // Another run may have refreshed it meanwhile: read it again.
+                        other.index = None;
+                    }
+                    updated?;
                     st.lock(false).await?;
                     true
                 };
