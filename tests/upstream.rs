@@ -308,7 +308,7 @@ fn an_unreachable_repository_fails_with_its_url() {
     assert!(r.stderr.contains(url), "{}", r.stderr);
 }
 
-/// apt runs without its own locks (it cannot take them as a user), so goldsmith's must
+/// apt runs without its own locks (`Debug::NoLocking`), so goldsmith's must
 /// keep concurrent runs on one cache (parallel CI jobs, two workers) from refreshing the
 /// lists one of them is reading, and two runs that meet the same apt states in opposite
 /// orders must not wait for each other for ever: every run resolves the same digests.

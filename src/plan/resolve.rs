@@ -270,10 +270,10 @@ struct AptState {
     dir: PathBuf,
     sources: Vec<String>,
     index: Option<Index>,
-    /// Exclusive while refreshing, shared while resolving: apt runs with
-    /// `Debug::NoLocking` (it cannot take its root-only locks as a user), so two goldsmith
-    /// processes on one cache (parallel CI jobs, two nightly workers) must not refresh the
-    /// lists while the other reads them.
+    /// Exclusive while refreshing, shared while resolving: apt runs here with
+    /// `Debug::NoLocking`, so its own lists lock does not keep two goldsmith processes on
+    /// one cache (parallel CI jobs, two nightly workers) from refreshing the lists while
+    /// the other reads them.
     lock: Option<crate::fsutil::FileLock>,
 }
 
