@@ -435,22 +435,6 @@ fn classify(e: &OciDistributionError) -> Class {
     }
 }
 
-/// Describe an error without echoing anything secret.
-fn detail(e: &OciDistributionError) -> String {
-    use std::error::Error as _;
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    crate::exec::redact(&s)
-}
-
 struct Pusher<'a> {
     target: &'a str,
     registry: &'a str,
@@ -477,7 +461,7 @@ impl Pusher<'_> {
                     target_name = self.target,
                     "registry {}: {what} failed ({}); retrying in {delay:?}",
                     self.registry,
-                    detail(e)
+                    crate::exec::error_chain(e)
                 )
             })
             .await;
@@ -493,20 +477,20 @@ impl Pusher<'_> {
                 registry,
                 username_env: c.username_env.clone(),
                 password_env: c.password_env.clone(),
-                detail: detail(e),
+                detail: crate::exec::error_chain(e),
             },
             (Class::Transient, _) => RegistryError::Unavailable {
                 target,
                 registry,
                 what: what.into(),
                 attempts: self.retry.attempts(),
-                detail: detail(e),
+                detail: crate::exec::error_chain(e),
             },
             (Class::Permanent, _) => RegistryError::Rejected {
                 target,
                 registry,
                 what: what.into(),
-                detail: detail(e),
+                detail: crate::exec::error_chain(e),
             },
         }
     }

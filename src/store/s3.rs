@@ -136,7 +136,7 @@ impl S3Store {
                 key: key.to_string(),
                 store: self.describe(),
             },
-            other => self.err(key, exec::redact(&error_chain(&other))),
+            other => self.err(key, exec::error_chain(&other)),
         }
     }
 
@@ -168,7 +168,7 @@ impl S3Store {
             tracing::warn!(
                 "{}: {label}: {}; retrying in {:.1}s",
                 self.describe(),
-                exec::redact(&error_chain(e)),
+                exec::error_chain(e),
                 dur.as_secs_f64()
             )
         })
@@ -314,22 +314,6 @@ fn is_transient(e: &object_store::Error) -> bool {
         e,
         object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
     )
-}
-
-/// `object_store` errors keep the interesting part (connection refused, the HTTP
-/// status and body) in their sources.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = c.source();
-    }
-    s
 }
 
 #[async_trait::async_trait]

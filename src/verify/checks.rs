@@ -415,7 +415,10 @@ async fn http(env: &mut CheckEnv<'_>, h: &HttpCheck, deadline: Instant) -> Resul
                 Err(e) => answered = Some(e),
             },
             Err(e) => {
-                transport = format!("GET {path} through 127.0.0.1:{host}: {}", error_chain(&e))
+                transport = format!(
+                    "GET {path} through 127.0.0.1:{host}: {}",
+                    crate::exec::error_chain(&e)
+                )
             }
         }
         if remaining(deadline) <= RETRY + MIN_TRY {
@@ -423,17 +426,6 @@ async fn http(env: &mut CheckEnv<'_>, h: &HttpCheck, deadline: Instant) -> Resul
         }
         tokio::time::sleep(RETRY).await;
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Status and body of an HTTP check.

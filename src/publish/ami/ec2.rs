@@ -213,13 +213,13 @@ impl Ec2Client {
         }
         let resp = req.send().await.map_err(|e| Ec2Error::Transport {
             action: action.into(),
-            message: error_chain(&e),
+            message: crate::exec::error_chain(&e),
             transient: e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.map_err(|e| Ec2Error::Transport {
             action: action.into(),
-            message: error_chain(&e),
+            message: crate::exec::error_chain(&e),
             transient: true,
         })?;
         if (200..300).contains(&status) {
@@ -361,20 +361,6 @@ fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
     p.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 fn parse<'a>(xml: &'a str, action: &str) -> Result<roxmltree::Document<'a>, Ec2Error> {
