@@ -134,8 +134,8 @@ pub async fn lock(ctx: &Ctx, args: LockArgs) -> anyhow::Result<u8> {
                 .unwrap_or_default();
             layers.push((stack[i].name.clone(), set));
         }
-        let lock = plan::resolve::LockFile::new(name, layers);
-        let path = plan::resolve::lock_path(&recipes, name);
+        let lock = plan::lockfile::LockFile::new(name, layers);
+        let path = plan::lockfile::lock_path(&recipes, name);
         crate::fsutil::atomic_write(&path, lock.to_toml().as_bytes())?;
         say(&format!("wrote {}\n", path.display()));
     }

@@ -1,8 +1,10 @@
 //! The plan stage: digest every layer of every image and turn the images into a DAG of
 //! build units. Layers with equal digests are one node, built once and shared.
 
+mod apt;
 pub mod changes;
 pub mod digest;
+pub mod lockfile;
 pub mod mirror;
 pub mod resolve;
 
