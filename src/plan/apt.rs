@@ -23,7 +23,9 @@ pub(super) fn sources_key(sources: &[String]) -> String {
 pub(super) struct AptState {
     pub(super) dir: PathBuf,
     pub(super) sources: Vec<String>,
-    pub(super) index: Option<Index>,
+    index: Option<Index>,
+    /// The lists' fetch time the index was read at.
+    index_from: Option<SystemTime>,
     /// Exclusive while refreshing, shared while resolving: apt runs here with
     /// `Debug::NoLocking`, so its own lists lock does not keep two goldsmith processes on
     /// one cache (parallel CI jobs, two nightly workers) from refreshing the lists while
@@ -45,6 +47,7 @@ impl AptState {
             dir,
             sources,
             index: None,
+            index_from: None,
             lock: None,
         }
     }
@@ -76,12 +79,18 @@ impl AptState {
 
     /// Seconds since the newest Release file was fetched.
     pub(super) fn age(&self) -> Option<Duration> {
+        self.fetched_at()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+    }
+
+    /// When the newest Release file was fetched: changes whenever a refresh (this run's
+    /// or a concurrent one's) brought new lists.
+    fn fetched_at(&self) -> Option<SystemTime> {
         let rd = std::fs::read_dir(self.dir.join("lists")).ok()?;
         rd.flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with("Release"))
             .filter_map(|e| e.metadata().ok()?.modified().ok())
             .max()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
     }
 
     pub(super) fn prepare(&self) -> std::io::Result<()> {
@@ -169,13 +178,16 @@ impl AptState {
                 if failed.is_empty() { text.trim().to_string() } else { failed.join("\n") }
             );
         }
-        self.index = None;
         Ok(())
     }
 
+    /// The parsed Packages indexes, read again when the lists changed since they were
+    /// read (another goldsmith on the same cache may refresh them between our resolutions).
     pub(super) fn index(&mut self) -> anyhow::Result<&Index> {
-        if self.index.is_none() {
+        let fetched = self.fetched_at();
+        if self.index.is_none() || self.index_from != fetched {
             self.index = Some(Index::load(&self.dir.join("lists"))?);
+            self.index_from = fetched;
         }
         Ok(self.index.as_ref().expect("loaded"))
     }

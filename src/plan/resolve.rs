@@ -217,8 +217,6 @@ async fn resolve_image(
                     st.lock = None;
                     for other in states.values_mut() {
                         other.lock(false).await?;
-                        // Another run may have refreshed it meanwhile: read it again.
-                        other.index = None;
                     }
                     updated?;
                     st.lock(false).await?;
