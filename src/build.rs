@@ -145,7 +145,7 @@ pub async fn build_image(
         memory_max: config.memory_max_bytes(),
         needles: needles.as_ref(),
     };
-    let layers = rootfs::ensure_layers(&rctx, name).await?;
+    let mut layers = rootfs::ensure_layers(&rctx, name).await?;
     stages.push(timing("layers", t));
     for l in &layers.layers {
         ctx.cache.record_history(name, &l.record.name, &l.summary)?;
@@ -193,7 +193,7 @@ pub async fn build_image(
         .prefix(".tmp-build-")
         .tempdir_in(&root)?;
     let t = Instant::now();
-    let tree = rootfs::materialize_all(ctx.cache, &layers).await?;
+    let tree = rootfs::materialize_all(ctx.cache, &mut layers).await?;
     stages.push(timing("tree", t));
     if let Some(n) = &needles {
         // B9: the whole tree, cached layers included (one may have been built before a
@@ -244,8 +244,26 @@ pub async fn build_image(
         revision: source.git_commit.clone(),
         source: source.repository.clone(),
     };
-    let artifacts = format::produce(&fctx, &formats, staging.path(), &raw, &tree.path).await?;
+    // Only the rootfs tar reads the tree after the disk: otherwise it is removed while
+    // the formats are made (removing a tree of thousands of files takes seconds).
+    let (tree, tree_gone) = if formats.contains(&Format::Tar) {
+        (Some(tree), None)
+    } else {
+        (None, Some(tokio::task::spawn_blocking(move || drop(tree))))
+    };
+    let artifacts = format::produce(
+        &fctx,
+        &formats,
+        staging.path(),
+        &raw,
+        tree.as_ref().map(|t| t.path.as_path()),
+    )
+    .await;
     drop(tree);
+    if let Some(g) = tree_gone {
+        g.await?;
+    }
+    let artifacts = artifacts?;
     if needs_disk && !formats.contains(&Format::Raw) {
         std::fs::remove_file(&raw)?;
     }

@@ -326,8 +326,18 @@ fn a_corrupt_cache_entry_is_discarded_and_rebuilt() {
 
 #[test]
 fn rebuilding_an_unchanged_layer_gives_identical_bytes() {
+    // Besides plain files, what the tree a layer was built on holds and an extraction of
+    // the layer does not: a sparse file, a sub-second mtime, a hard link to a file of the
+    // layer below, a socket.
     let p = project_with_top(
-        "[[scripts]]\nrun = \"echo configured > /etc/configured; touch /var/tmp/scratch; mkdir -p /srv/data\"\n",
+        r#"[[scripts]]
+run = '''
+echo configured > /etc/configured; touch /var/tmp/scratch; mkdir -p /srv/data
+truncate -s 8M /srv/data/sparse; touch -d '2020-01-01 00:00:00.5' /etc/subsecond
+ln /etc/debian_version /srv/data/version-link
+perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => "/srv/data/s.sock", Listen => 1) or die'
+'''
+"#,
         &[],
     );
     let a = p.run(&["build", "t", "--json"]).expect(0);
@@ -374,6 +384,17 @@ fn rebuilding_an_unchanged_layer_gives_identical_bytes() {
     assert_eq!(
         art(&rec_a, "oci")["oci_manifest_digest"],
         art(&rec_b, "oci")["oci_manifest_digest"]
+    );
+    // Every layer cached now: the disk is made from a fresh extraction instead of the
+    // tree the top layer was built on (and then extracted again in place), and must not
+    // differ from it by a byte.
+    let c = p.run(&["build", "t", "--force", "--json"]).expect(0);
+    let rec_c = record(&build_dir_of(&c));
+    assert_eq!(rec_c["layers"][1]["rebuilt"], false);
+    assert_eq!(
+        art(&rec_a, "raw")["sha256"],
+        art(&rec_c, "raw")["sha256"],
+        "raw disk from the built tree == raw disk from a fresh extraction"
     );
 }
 

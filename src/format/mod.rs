@@ -66,13 +66,14 @@ pub fn file_name(image: &str, f: Format) -> String {
 }
 
 /// Produce `formats` into `dir`. `raw` is the assembled disk (already at its final name
-/// when raw is one of the formats); `tree` is the image's tree.
+/// when raw is one of the formats); `tree` is the image's tree (needed for the rootfs
+/// tar only).
 pub async fn produce(
     ctx: &FormatCtx<'_>,
     formats: &[Format],
     dir: &Path,
     raw: &Path,
-    tree: &Path,
+    tree: Option<&Path>,
 ) -> anyhow::Result<Vec<Artifact>> {
     let name = &ctx.image.name;
     let path = |f: Format| dir.join(file_name(name, f));
@@ -128,7 +129,9 @@ pub async fn produce(
     };
     let tar = async {
         if want(Format::Tar) {
-            let t = tree.to_owned();
+            let t = tree
+                .context("the rootfs tar needs the image's tree")?
+                .to_owned();
             let out = path(Format::Tar);
             let sde = ctx.sde;
             tokio::task::spawn_blocking(move || rootfs_tar::write(&t, &out, sde))
@@ -173,12 +176,23 @@ pub async fn produce(
         }
         anyhow::Ok(None)
     };
-    let (a, b, c, d, e) = tokio::join!(qcow2, vmdk_ova, vhd, tar, oci);
+    // The raw disk is final already: hashed while the conversions read it too.
+    let raw_digest = async {
+        if !want(Format::Raw) {
+            return anyhow::Ok(None);
+        }
+        let r = raw.to_owned();
+        Ok(Some(
+            tokio::task::spawn_blocking(move || fsutil::sha256_file(&r)).await??,
+        ))
+    };
+    let (a, b, c, d, e, raw_digest) = tokio::join!(qcow2, vmdk_ova, vhd, tar, oci, raw_digest);
     a?;
     b?;
     c?;
     d?;
     let oci_layout = e?;
+    let mut raw_digest = raw_digest?;
     let mut artifacts = Vec::new();
     for f in formats {
         let p = path(*f);
@@ -188,8 +202,15 @@ pub async fn produce(
             dir_artifact(*f, dir, &p, Some(layout.manifest_digest)).await?
         } else {
             let pp = p.clone();
-            let (size, sha256) =
-                tokio::task::spawn_blocking(move || fsutil::sha256_file(&pp)).await??;
+            let known = if *f == Format::Raw {
+                raw_digest.take()
+            } else {
+                None
+            };
+            let (size, sha256) = match known {
+                Some(d) => d,
+                None => tokio::task::spawn_blocking(move || fsutil::sha256_file(&pp)).await??,
+            };
             Artifact {
                 format: *f,
                 path: rel,

@@ -199,6 +199,19 @@ impl AptState {
         layer: &Layer,
         below: Option<&[ResolvedPackage]>,
     ) -> anyhow::Result<Vec<ResolvedPackage>> {
+        // Equal lists, equal request, equal set below: apt gives the same answer, so a run
+        // where the archive has nothing new neither parses the indexes nor simulates.
+        let memo_key = serde_json::json!({
+            "bootstrap": layer.def.bootstrap.as_ref().map(|b| b.get_ref()),
+            "install": layer.def.packages.install.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+            "remove": layer.def.packages.remove.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+            "below": below,
+        });
+        let memo = self.memo_path(&memo_key)?;
+        if let Some(set) = memo.as_deref().and_then(read_memo) {
+            tracing::debug!(layer = %layer.name, "package set from the resolution memo");
+            return Ok(set);
+        }
         let mut args: Vec<String> = Vec::new();
         let status_text = match (&layer.def.bootstrap, below) {
             (Some(b), _) => {
@@ -269,7 +282,59 @@ impl AptState {
             .map(|p| (p.name.clone(), p.clone()))
             .collect();
         apply_simulation(&out.stdout_str(), &mut set);
-        Ok(set.into_values().collect())
+        let set: Vec<ResolvedPackage> = set.into_values().collect();
+        if let Some(m) = memo {
+            // A memo that cannot be written costs the next run a simulation, nothing more.
+            if let Err(e) = write_memo(&m, &set) {
+                tracing::debug!("resolution memo {}: {e}", m.display());
+            }
+        }
+        Ok(set)
+    }
+
+    /// Where the set for `key` is kept: `resolved/<sha256 of key, the lists and our
+    /// apt configuration>.json`. `None` when the lists cannot be read.
+    fn memo_path(&self, key: &serde_json::Value) -> anyhow::Result<Option<PathBuf>> {
+        let mut h = Sha256::new();
+        h.update(format!("memo {MEMO_FORMAT}\n").as_bytes());
+        h.update(key.to_string().as_bytes());
+        // Every list file's bytes (a flat repository has no Release file whose hashes
+        // would speak for its Packages), and the configuration apt resolves under.
+        for sub in ["lists", "etc"] {
+            let mut files: Vec<PathBuf> = walkdir::WalkDir::new(self.dir.join(sub))
+                .max_depth(2)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path())
+                .filter(|p| !p.components().any(|c| c.as_os_str() == "partial"))
+                .filter(|p| p.file_name().is_some_and(|n| n != "lock"))
+                .collect();
+            files.sort();
+            for f in files {
+                let Ok(mut file) = std::fs::File::open(&f) else {
+                    return Ok(None);
+                };
+                h.update(
+                    f.strip_prefix(&self.dir)
+                        .unwrap_or(&f)
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
+                h.update(b"\0");
+                std::io::copy(&mut file, &mut h)?;
+            }
+        }
+        // The resolver itself: another apt may choose differently.
+        if let Ok(m) = std::fs::metadata("/usr/bin/apt-get") {
+            use std::os::unix::fs::MetadataExt;
+            h.update(format!("apt-get {} {}", m.len(), m.mtime()).as_bytes());
+        }
+        Ok(Some(
+            self.dir
+                .join("resolved")
+                .join(format!("{}.json", hex::encode(h.finalize()))),
+        ))
     }
 
     /// A dpkg status file describing `set` as installed (full stanzas where the index has
@@ -303,6 +368,30 @@ impl AptState {
         }
         Ok(s)
     }
+}
+
+/// Bumped when what a memo holds, or how apt is run for it, changes.
+const MEMO_FORMAT: u32 = 1;
+
+/// A remembered package set (`None` when absent or unreadable: resolve again).
+fn read_memo(p: &Path) -> Option<Vec<ResolvedPackage>> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// Remember a set; memos of lists older than a fortnight are dropped on the way.
+fn write_memo(p: &Path, set: &[ResolvedPackage]) -> std::io::Result<()> {
+    let dir = p.parent().expect("memo in a folder");
+    std::fs::create_dir_all(dir)?;
+    let old = SystemTime::now() - Duration::from_secs(14 * 86400);
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < old)
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    crate::fsutil::atomic_write_json(p, &set)
 }
 
 /// Apply `apt-get -s` output (Inst/Remv/Purg lines) to a set.

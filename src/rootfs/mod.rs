@@ -94,6 +94,10 @@ pub struct LayerOutcome {
 pub struct Layers {
     pub image: String,
     pub layers: Vec<LayerOutcome>,
+    /// The tree the layers were built on, with every entry a layer touched extracted
+    /// again from that layer's cached diff: the same as a fresh extraction of all layers,
+    /// without making one (None when every layer came from the cache).
+    pub tree: Option<WorkTree>,
 }
 
 impl Layers {
@@ -110,6 +114,12 @@ impl Layers {
 pub struct WorkTree {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
+}
+
+impl std::fmt::Debug for WorkTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkTree({})", self.path.display())
+    }
 }
 
 impl WorkTree {
@@ -201,6 +211,22 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
             })
             .flatten();
         let built = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await;
+        if built.is_ok() {
+            // Make the tree what an extraction gives (see `materialize_all`): the base
+            // layer's diff is the whole tree, so a fresh extraction replaces it (the old
+            // tree is removed meanwhile); a later layer's diff is extracted again in place.
+            if i == 0 {
+                let old = tree.replace(WorkTree::new(ctx.cache, image)?);
+                let gone = tokio::task::spawn_blocking(move || drop(old));
+                let t = tree.as_ref().expect("just replaced");
+                let mut base = vec![digest.clone()];
+                let extracted = materialize(ctx.cache, &t.path, &mut base).await;
+                gone.await?;
+                extracted?;
+            } else {
+                pending.push(digest.clone());
+            }
+        }
         if let (Some(r), Ok(_)) = (ctx.remote, &built) {
             let up = r.upload(ctx.cache, &digest).await;
             if let Some(h) = held.take() {
@@ -228,18 +254,28 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
         drop(lock);
         outcomes.push(outcome(&name, &node, meta, true));
     }
+    if let Some(t) = &tree {
+        materialize(ctx.cache, &t.path, &mut pending).await?;
+    }
     Ok(Layers {
         image: image.to_string(),
         layers: outcomes,
+        tree,
     })
 }
 
-/// The image's full tree, extracted from the cached layers.
+/// The image's full tree, as extracted from the cached layers.
 ///
 /// Disks are always made from extracted trees, never from the tree a build just worked
-/// on: the two can differ (hard links across layers, xattrs), and a cold build must give
-/// the same bytes as a warm one.
-pub async fn materialize_all(cache: &LayerCache, layers: &Layers) -> anyhow::Result<WorkTree> {
+/// on as the build left it: the two can differ (sparse files, sub-second mtimes, hard
+/// links across layers, sockets), and a cold build must give the same bytes as a warm
+/// one. The tree the layers were built on qualifies once every entry a layer touched
+/// was extracted again from its diff (the diff holds every change: see `tree`), so it is
+/// taken when there is one; otherwise the layers are extracted onto a fresh tree.
+pub async fn materialize_all(cache: &LayerCache, layers: &mut Layers) -> anyhow::Result<WorkTree> {
+    if let Some(t) = layers.tree.take() {
+        return Ok(t);
+    }
     let t = WorkTree::new(cache, &layers.image)?;
     let mut pending: Vec<String> = layers
         .layers
@@ -384,6 +420,17 @@ async fn build_layer(
         enc.multithread(num_cpus())?;
         let outer = tree::HashingWriter::new(enc);
         let (outer, _stats) = tree::write_diff_tar(&t, &d, sde, outer)?;
+        // Sockets are runtime state the diff leaves out; the tree, reused for the disk
+        // once its diff is extracted again, must not keep them either.
+        for p in &d.changed {
+            let full = t.join(p);
+            if full
+                .symlink_metadata()
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                std::fs::remove_file(&full)?;
+            }
+        }
         let (enc, output_digest, tar_size) = outer.finish();
         let inner = enc.finish()?;
         let (mut bw, zst_sha256, zst_size) = inner.finish();
