@@ -244,12 +244,16 @@ pub async fn build_image(
         revision: source.git_commit.clone(),
         source: source.repository.clone(),
     };
-    // Only the rootfs tar reads the tree after the disk: otherwise it is removed while
-    // the formats are made (removing a tree of thousands of files takes seconds).
-    let (tree, tree_gone) = if formats.contains(&Format::Tar) {
+    // Only the rootfs tar reads the tree after the disk: otherwise it is parked for the
+    // next build while the formats are made.
+    let park = |tree: rootfs::WorkTree| {
+        let cache = ctx.cache.clone();
+        tokio::task::spawn_blocking(move || rootfs::park::park(&cache, tree))
+    };
+    let (tree, parked) = if formats.contains(&Format::Tar) {
         (Some(tree), None)
     } else {
-        (None, Some(tokio::task::spawn_blocking(move || drop(tree))))
+        (None, Some(park(tree)))
     };
     let artifacts = format::produce(
         &fctx,
@@ -259,9 +263,18 @@ pub async fn build_image(
         tree.as_ref().map(|t| t.path.as_path()),
     )
     .await;
-    drop(tree);
-    if let Some(g) = tree_gone {
-        g.await?;
+    let parked = match (tree, parked) {
+        (Some(t), _) => Some(park(t)),
+        (None, p) => p,
+    };
+    if let Some(p) = parked {
+        // A tree that cannot be parked costs the next build an extraction, nothing more.
+        if let Err(e) = p.await? {
+            tracing::warn!(
+                image = name,
+                "the image tree was not kept for the next build: {e:#}"
+            );
+        }
     }
     let artifacts = artifacts?;
     if needs_disk && !formats.contains(&Format::Raw) {

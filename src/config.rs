@@ -76,10 +76,18 @@ pub struct CacheDef {
     pub max_size: Option<String>,
     /// A shared cache on S3-compatible storage (CI workers share built layers through it).
     pub s3: Option<S3Def>,
+    /// Image trees kept after builds (`<cache>/parked/`) so that the next build sharing
+    /// lower layers with one does not extract them again; 0 keeps none.
+    #[serde(default = "d_keep_trees")]
+    pub keep_trees: usize,
 }
 
 fn d_cache() -> String {
     ".goldsmith/cache".into()
+}
+
+fn d_keep_trees() -> usize {
+    2
 }
 
 impl Default for CacheDef {
@@ -88,6 +96,7 @@ impl Default for CacheDef {
             dir: d_cache(),
             max_size: None,
             s3: None,
+            keep_trees: d_keep_trees(),
         }
     }
 }

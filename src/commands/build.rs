@@ -19,7 +19,8 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
         }
         args.images.clone()
     };
-    let cache = LayerCache::open(&ctx.config.cache_dir());
+    let cache =
+        LayerCache::open(&ctx.config.cache_dir()).keeping_trees(ctx.config.def.cache.keep_trees);
     let resolutions = plan::resolve::resolve(
         &recipes,
         &names,

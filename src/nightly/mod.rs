@@ -138,7 +138,7 @@ pub async fn run(
     };
     let shared = Shared {
         recipes,
-        cache: LayerCache::open(&config.cache_dir()),
+        cache: LayerCache::open(&config.cache_dir()).keeping_trees(config.def.cache.keep_trees),
         resolutions,
         store: store.clone(),
         signer,

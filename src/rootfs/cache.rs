@@ -52,13 +52,22 @@ pub enum CacheError {
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     root: PathBuf,
+    /// Image trees kept for later builds (see `rootfs::park`).
+    pub keep_trees: usize,
 }
 
 impl LayerCache {
     pub fn open(root: &Path) -> LayerCache {
         LayerCache {
             root: root.to_owned(),
+            keep_trees: 2,
         }
+    }
+
+    /// The same cache, keeping `n` image trees (`cache.keep_trees`).
+    pub fn keeping_trees(mut self, n: usize) -> LayerCache {
+        self.keep_trees = n;
+        self
     }
 
     pub fn root(&self) -> &Path {

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod clean;
 pub mod dpkg;
+pub mod park;
 pub mod remote;
 pub mod sandbox;
 pub mod tree;
@@ -110,10 +111,14 @@ impl Layers {
     }
 }
 
-/// A working tree in a temp folder next to the cache (removed when dropped).
+/// A working tree in a temp folder next to the cache (removed when dropped, unless it
+/// was parked for a later build).
 pub struct WorkTree {
-    _dir: tempfile::TempDir,
+    /// The temp folder, holding `tree` (empty once parked).
+    dir: PathBuf,
     pub path: PathBuf,
+    /// What the tree is an exact extraction of, once it is one (what parking needs).
+    pub canonical: Option<park::Canonical>,
 }
 
 impl std::fmt::Debug for WorkTree {
@@ -128,11 +133,49 @@ impl WorkTree {
         std::fs::create_dir_all(&work)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{image}-"))
-            .tempdir_in(work)?;
-        let path = dir.path().join("tree");
-        std::fs::create_dir(&path)?;
-        Ok(WorkTree { _dir: dir, path })
+            .tempdir_in(work)?
+            .keep();
+        let path = dir.join("tree");
+        let t = WorkTree {
+            dir,
+            path,
+            canonical: None,
+        };
+        std::fs::create_dir(&t.path)?;
+        Ok(t)
     }
+
+    /// The folder is no longer ours to remove.
+    fn disarm(&mut self) {
+        self.dir = PathBuf::new();
+    }
+}
+
+impl Drop for WorkTree {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A tree holding the first layers of `pending` (which are then taken off it): a parked
+/// tree sharing a prefix with them when there is one, else an empty one.
+async fn claim_or_new(
+    cache: &LayerCache,
+    image: &str,
+    pending: &mut Vec<String>,
+) -> anyhow::Result<WorkTree> {
+    if !pending.is_empty() {
+        let (c, i, stack) = (cache.clone(), image.to_string(), pending.clone());
+        if let Some((t, keep)) =
+            tokio::task::spawn_blocking(move || park::claim(&c, &i, &stack)).await??
+        {
+            pending.drain(..keep);
+            return Ok(t);
+        }
+    }
+    Ok(WorkTree::new(cache, image)?)
 }
 
 /// Make sure every layer of `image` is cached, building what is missing.
@@ -200,7 +243,7 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
         }
         tracing::info!(image, layer = %name, "layer {name} {}: building", plan::short(&digest));
         if tree.is_none() {
-            tree = Some(WorkTree::new(ctx.cache, image)?);
+            tree = Some(claim_or_new(ctx.cache, image, &mut pending).await?);
         }
         let t = tree.as_ref().expect("just created");
         materialize(ctx.cache, &t.path, &mut pending).await?;
@@ -273,19 +316,26 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
 /// was extracted again from its diff (the diff holds every change: see `tree`), so it is
 /// taken when there is one; otherwise the layers are extracted onto a fresh tree.
 pub async fn materialize_all(cache: &LayerCache, layers: &mut Layers) -> anyhow::Result<WorkTree> {
-    if let Some(t) = layers.tree.take() {
-        return Ok(t);
-    }
-    let t = WorkTree::new(cache, &layers.image)?;
-    let mut pending: Vec<String> = layers
+    let stack: Vec<String> = layers
         .layers
         .iter()
         .map(|l| l.record.digest.clone())
         .collect();
-    for d in &pending {
-        cache.verify(d)?;
-    }
-    materialize(cache, &t.path, &mut pending).await?;
+    let mut t = match layers.tree.take() {
+        Some(t) => t,
+        None => {
+            for d in &stack {
+                cache.verify(d)?;
+            }
+            let mut pending = stack.clone();
+            let t = claim_or_new(cache, &layers.image, &mut pending).await?;
+            materialize(cache, &t.path, &mut pending).await?;
+            t
+        }
+    };
+    let p = t.path.clone();
+    let snapshot = tokio::task::spawn_blocking(move || tree::snapshot(&p)).await??;
+    t.canonical = Some(park::Canonical { stack, snapshot });
     Ok(t)
 }
 

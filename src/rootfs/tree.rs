@@ -98,6 +98,61 @@ pub struct EntryMeta {
 /// Every entry of a tree by relative path (`""` is the root itself).
 pub type Snapshot = BTreeMap<PathBuf, EntryMeta>;
 
+/// A snapshot as bytes (names need not be UTF-8, so not JSON).
+pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 96);
+    for (p, m) in s {
+        let name = p.as_os_str().as_bytes();
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name);
+        for v in [
+            m.ino,
+            m.mode as u64,
+            m.uid as u64,
+            m.gid as u64,
+            m.size,
+            m.mtime.0 as u64,
+            m.mtime.1 as u64,
+            m.ctime.0 as u64,
+            m.ctime.1 as u64,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_snapshot`] (`None` for bytes it did not write).
+pub fn decode_snapshot(mut b: &[u8]) -> Option<Snapshot> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    let mut s = Snapshot::new();
+    while !b.is_empty() {
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+        let name = PathBuf::from(OsStr::from_bytes(take(&mut b, n)?));
+        let mut v = [0u64; 9];
+        for x in &mut v {
+            *x = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        }
+        s.insert(
+            name,
+            EntryMeta {
+                ino: v[0],
+                mode: v[1] as u32,
+                uid: v[2] as u32,
+                gid: v[3] as u32,
+                size: v[4],
+                mtime: (v[5] as i64, v[6] as i64),
+                ctime: (v[7] as i64, v[8] as i64),
+            },
+        );
+    }
+    Some(s)
+}
+
 fn meta_of(m: &std::fs::Metadata) -> EntryMeta {
     EntryMeta {
         ino: m.ino(),
@@ -371,10 +426,29 @@ fn append_entry<W: Write>(
     }
 }
 
+/// Which entries of a layer tar a partial extraction applies (see [`extract_only`]).
+pub trait Selection {
+    /// The entry at `rel` is applied.
+    fn wants(&self, rel: &Path) -> bool;
+    /// Selected paths strictly below `rel` (removed when a whiteout hides `rel` itself
+    /// but `rel` is not selected).
+    fn wanted_under(&self, rel: &Path) -> Vec<PathBuf>;
+}
+
 /// Apply a layer tar onto `root`: whiteouts delete, everything else is created with its
 /// owner, mode, mtime and xattrs. An existing non-directory is removed first, so a
 /// symlink in the tree is never followed out of it.
 pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
+    extract_only(tar_stream, root, None)
+}
+
+/// [`extract`], applying only the entries `sel` selects (all with `None`): replaying a
+/// layer stack for some paths gives them the state a full extraction gives them.
+pub fn extract_only<R: Read>(
+    tar_stream: R,
+    root: &Path,
+    sel: Option<&dyn Selection>,
+) -> io::Result<u64> {
     let mut a = tar::Archive::new(tar_stream);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
@@ -416,8 +490,17 @@ pub fn extract<R: Read>(tar_stream: R, root: &Path) -> io::Result<u64> {
                 .parent()
                 .unwrap_or(Path::new(""))
                 .join(OsStr::from_bytes(hidden));
-            remember_parent(&target);
-            remove_any(&resolve_in(root, &target, false)?)?;
+            let hidden: Vec<PathBuf> = match sel {
+                Some(s) if !s.wants(&target) => s.wanted_under(&target),
+                _ => vec![target],
+            };
+            for h in hidden {
+                remember_parent(&h);
+                remove_any(&resolve_in(root, &h, false)?)?;
+            }
+            continue;
+        }
+        if sel.is_some_and(|s| !s.wants(&rel)) {
             continue;
         }
         remember_parent(&rel);
