@@ -314,7 +314,9 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
 /// links across layers, sockets), and a cold build must give the same bytes as a warm
 /// one. The tree the layers were built on qualifies once every entry a layer touched
 /// was extracted again from its diff (the diff holds every change: see `tree`), so it is
-/// taken when there is one; otherwise the layers are extracted onto a fresh tree.
+/// taken when there is one; otherwise a parked tree reverted to the shared layers (see
+/// `park`) or a fresh tree gets the layers it lacks. The tree's snapshot is taken here,
+/// for parking it after the build.
 pub async fn materialize_all(cache: &LayerCache, layers: &mut Layers) -> anyhow::Result<WorkTree> {
     let stack: Vec<String> = layers
         .layers

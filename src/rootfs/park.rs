@@ -51,6 +51,18 @@ pub fn park(cache: &LayerCache, mut tree: WorkTree) -> anyhow::Result<()> {
     tree.disarm();
     let mut all = candidates(cache);
     all.sort_by_key(|b| std::cmp::Reverse(b.2));
+    // Removals a killed process left half done, then the oldest trees beyond the kept.
+    let stale = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().as_bytes().starts_with(b".gone-"))
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for p in stale {
+        let _ = std::fs::remove_dir_all(p);
+    }
     for (old, _, _) in all.into_iter().skip(cache.keep_trees) {
         // Claimed meanwhile by another build: then it is not ours to remove.
         let gone = root.join(format!(".gone-{}", rand::random::<u64>()));
