@@ -388,7 +388,7 @@ perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => "/srv/data/s.sock", L
     // Every layer cached now: the tree comes from a parked one when there is one (b's,
     // unless a concurrent test took it), and with no trees kept from a fresh extraction.
     // Neither may differ by a byte from the tree the top layer was built on.
-    let c = p.run(&["-v", "build", "t", "--force", "--json"]).expect(0);
+    let c = p.run(&["build", "t", "--force", "--json"]).expect(0);
     let rec_c = record(&build_dir_of(&c));
     assert_eq!(rec_c["layers"][1]["rebuilt"], false);
     assert_eq!(
@@ -397,7 +397,19 @@ perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => "/srv/data/s.sock", L
         "raw disk from the built tree == raw disk from a parked tree"
     );
     p.edit("goldsmith.toml", "[cache]\n", "[cache]\nkeep_trees = 0\n");
-    let d = p.run(&["-v", "build", "t", "--force", "--json"]).expect(0);
+    let d = Run::from(
+        p.cmd()
+            .env("GOLDSMITH_LOG", "goldsmith=debug")
+            .args(["build", "t", "--force", "--json"])
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
+    assert!(
+        d.stderr.contains("run: mkfs.ext4"),
+        "debug log: {}",
+        d.stderr
+    );
     assert!(!d.stderr.contains("parked tree"), "{}", d.stderr);
     assert_eq!(
         art(&rec_a, "raw")["sha256"],

@@ -164,10 +164,36 @@ fn a_new_upstream_version_rebuilds_exactly_the_layers_that_get_it() {
     let (r, second) = build(&p, &[]);
     assert_eq!(second["up_to_date"], true, "{}", r.stderr);
     assert!(!r.stderr.contains(": building"), "{}", r.stderr);
+    // ... and apt is not even asked: the same lists and requests give the remembered sets.
+    let debug = |args: &[&str]| {
+        Run::from(
+            p.cmd()
+                .env("GOLDSMITH_LOG", "goldsmith=debug")
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let again = debug(&["plan", "u"]).expect(0);
+    assert_eq!(
+        again.stderr.matches("from the resolution memo").count(),
+        2,
+        "debian-base and demo (the top layer installs nothing): {}",
+        again.stderr
+    );
+    assert!(!again.stderr.contains(" -s -q install"), "{}", again.stderr);
 
-    // gs-demo 1.1 appears upstream.
+    // gs-demo 1.1 appears upstream: demo's lists (the archive's plus the local
+    // repository's) changed, so demo is resolved again; debian-base's did not.
     repo.add("1.1");
-    let plan = p.run(&["plan", "u"]).expect(0);
+    let plan = debug(&["plan", "u"]).expect(0);
+    assert!(
+        !plan.stderr.contains("resolution memo layer=demo")
+            && plan.stderr.contains("resolution memo layer=debian-base")
+            && plan.stderr.contains(" -s -q install"),
+        "{}",
+        plan.stderr
+    );
     assert!(plan.stdout.contains("gs-demo 1.0 → 1.1"), "{}", plan.stdout);
     let pj = p.run(&["plan", "u", "--json"]).expect(0).json();
     let layers = pj["images"][0]["layers"].as_array().unwrap();

@@ -19,6 +19,9 @@ pub(super) fn sources_key(sources: &[String]) -> String {
     hex::encode(&Sha256::digest(sources.join("\n").as_bytes())[..12])
 }
 
+/// When the lists were last changed: their fetch time and their folder's mtime.
+type ListsAt = (Option<SystemTime>, Option<SystemTime>);
+
 /// goldsmith's own apt state for one set of sources.
 pub(super) struct AptState {
     pub(super) dir: PathBuf,
@@ -26,6 +29,9 @@ pub(super) struct AptState {
     index: Option<Index>,
     /// The lists' fetch time the index was read at.
     index_from: Option<SystemTime>,
+    /// Digest of the lists and the configuration, and what it was taken at (the lists'
+    /// fetch time and their folder's mtime: a refresh renames new files into it).
+    fingerprint: Option<(ListsAt, Vec<u8>)>,
     /// Exclusive while refreshing, shared while resolving: apt runs here with
     /// `Debug::NoLocking`, so its own lists lock does not keep two goldsmith processes on
     /// one cache (parallel CI jobs, two nightly workers) from refreshing the lists while
@@ -48,6 +54,7 @@ impl AptState {
             sources,
             index: None,
             index_from: None,
+            fingerprint: None,
             lock: None,
         }
     }
@@ -292,14 +299,23 @@ impl AptState {
         Ok(set)
     }
 
-    /// Where the set for `key` is kept: `resolved/<sha256 of key, the lists and our
-    /// apt configuration>.json`. `None` when the lists cannot be read.
-    fn memo_path(&self, key: &serde_json::Value) -> anyhow::Result<Option<PathBuf>> {
+    /// Digest of every list file's bytes (a flat repository has no Release file whose
+    /// hashes would speak for its Packages), the configuration apt resolves under, and
+    /// the resolver itself; taken again only when the lists changed. `None` when the
+    /// lists cannot be read.
+    fn fingerprint(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        let at = (
+            self.fetched_at(),
+            std::fs::metadata(self.dir.join("lists"))
+                .and_then(|m| m.modified())
+                .ok(),
+        );
+        if let Some((when, fp)) = &self.fingerprint {
+            if *when == at {
+                return Ok(Some(fp.clone()));
+            }
+        }
         let mut h = Sha256::new();
-        h.update(format!("memo {MEMO_FORMAT}\n").as_bytes());
-        h.update(key.to_string().as_bytes());
-        // Every list file's bytes (a flat repository has no Release file whose hashes
-        // would speak for its Packages), and the configuration apt resolves under.
         for sub in ["lists", "etc"] {
             let mut files: Vec<PathBuf> = walkdir::WalkDir::new(self.dir.join(sub))
                 .max_depth(2)
@@ -325,11 +341,26 @@ impl AptState {
                 std::io::copy(&mut file, &mut h)?;
             }
         }
-        // The resolver itself: another apt may choose differently.
+        // Another apt may choose differently.
         if let Ok(m) = std::fs::metadata("/usr/bin/apt-get") {
             use std::os::unix::fs::MetadataExt;
             h.update(format!("apt-get {} {}", m.len(), m.mtime()).as_bytes());
         }
+        let fp = h.finalize().to_vec();
+        self.fingerprint = Some((at, fp.clone()));
+        Ok(Some(fp))
+    }
+
+    /// Where the set for `key` is kept: `resolved/<sha256 of key, the lists and our
+    /// apt configuration>.json`. `None` when the lists cannot be read.
+    fn memo_path(&mut self, key: &serde_json::Value) -> anyhow::Result<Option<PathBuf>> {
+        let Some(fp) = self.fingerprint()? else {
+            return Ok(None);
+        };
+        let mut h = Sha256::new();
+        h.update(format!("memo {MEMO_FORMAT}\n").as_bytes());
+        h.update(key.to_string().as_bytes());
+        h.update(&fp);
         Ok(Some(
             self.dir
                 .join("resolved")
