@@ -469,6 +469,9 @@ pub fn extract_only<R: Read>(
             }
         }
     };
+    // Whiteouts hide what the layers below had, never an entry of their own layer
+    // (OCI image spec); they follow such an entry when its name sorts before ".wh.".
+    let mut created: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let mut n = 0;
     for entry in a.entries()? {
         let mut entry = entry?;
@@ -490,6 +493,9 @@ pub fn extract_only<R: Read>(
                 .parent()
                 .unwrap_or(Path::new(""))
                 .join(OsStr::from_bytes(hidden));
+            if created.contains(&target) {
+                continue;
+            }
             let hidden: Vec<PathBuf> = match sel {
                 Some(s) if !s.wants(&target) => s.wanted_under(&target),
                 _ => vec![target],
@@ -503,6 +509,7 @@ pub fn extract_only<R: Read>(
         if sel.is_some_and(|s| !s.wants(&rel)) {
             continue;
         }
+        created.insert(rel.clone());
         remember_parent(&rel);
         let dest = resolve_in(root, &rel, false)?;
         let is_dir = entry.header().entry_type() == tar::EntryType::Directory;
@@ -677,6 +684,31 @@ mod tests {
         // mtimes were clamped in the tar
         let m = lower.join("etc/new").symlink_metadata().unwrap();
         assert_eq!(m.mtime(), 1000);
+    }
+
+    #[test]
+    fn a_type_change_survives_its_own_whiteout_whatever_the_name() {
+        // "-x" sorts before ".wh.-x": the whiteout comes after the new directory.
+        for name in ["-x", "x"] {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("tree");
+            write(&root.join("d").join(name), "file below");
+            let before = snapshot(&root).unwrap();
+            let (lower, _) = write_diff_tar(&root, &full_tree(&before), 1000, Vec::new()).unwrap();
+            std::fs::remove_file(root.join("d").join(name)).unwrap();
+            write(&root.join("d").join(name).join("child"), "dir above");
+            let d = diff(&before, &snapshot(&root).unwrap());
+            let (upper, _) = write_diff_tar(&root, &d, 1000, Vec::new()).unwrap();
+            let out = t.path().join("out");
+            std::fs::create_dir(&out).unwrap();
+            extract(&lower[..], &out).unwrap();
+            extract(&upper[..], &out).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(out.join("d").join(name).join("child")).unwrap(),
+                "dir above",
+                "{name}"
+            );
+        }
     }
 
     #[test]
