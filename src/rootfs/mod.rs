@@ -254,22 +254,6 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
             })
             .flatten();
         let built = build_layer(ctx, image, i, &node, below.as_deref(), &t.path).await;
-        if built.is_ok() {
-            // Make the tree what an extraction gives (see `materialize_all`): the base
-            // layer's diff is the whole tree, so a fresh extraction replaces it (the old
-            // tree is removed meanwhile); a later layer's diff is extracted again in place.
-            if i == 0 {
-                let old = tree.replace(WorkTree::new(ctx.cache, image)?);
-                let gone = tokio::task::spawn_blocking(move || drop(old));
-                let t = tree.as_ref().expect("just replaced");
-                let mut base = vec![digest.clone()];
-                let extracted = materialize(ctx.cache, &t.path, &mut base).await;
-                gone.await?;
-                extracted?;
-            } else {
-                pending.push(digest.clone());
-            }
-        }
         if let (Some(r), Ok(_)) = (ctx.remote, &built) {
             let up = r.upload(ctx.cache, &digest).await;
             if let Some(h) = held.take() {
@@ -294,6 +278,20 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
                 return Err(e);
             }
         };
+        // Make the tree what an extraction gives (see `materialize_all`): the base
+        // layer's diff is the whole tree, so a fresh extraction replaces it (the old
+        // tree is removed meanwhile); a later layer's diff is extracted again in place.
+        if i == 0 {
+            let old = tree.replace(WorkTree::new(ctx.cache, image)?);
+            let gone = tokio::task::spawn_blocking(move || drop(old));
+            let t = tree.as_ref().expect("just replaced");
+            let mut base = vec![digest.clone()];
+            let extracted = materialize(ctx.cache, &t.path, &mut base).await;
+            gone.await?;
+            extracted?;
+        } else {
+            pending.push(digest.clone());
+        }
         drop(lock);
         outcomes.push(outcome(&name, &node, meta, true));
     }
