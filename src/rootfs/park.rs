@@ -40,10 +40,15 @@ pub fn park(cache: &LayerCache, mut tree: WorkTree) -> anyhow::Result<()> {
     let Some(c) = tree.canonical.take().filter(|_| cache.keep_trees > 0) else {
         return Ok(());
     };
+    let ids = identities(cache, &c.stack);
+    if ids.len() != c.stack.len() {
+        // A layer left the cache meanwhile: the tree could not be reverted past it.
+        return Ok(());
+    }
     let dir = tree.dir.clone();
     std::fs::write(dir.join("snapshot.bin"), tree::encode_snapshot(&c.snapshot))?;
     // Written last: a folder without it is not a parked tree (see `candidates`).
-    std::fs::write(dir.join("stack.json"), serde_json::to_vec(&c.stack)?)?;
+    std::fs::write(dir.join("stack.json"), serde_json::to_vec(&ids)?)?;
     let root = parked_root(cache);
     std::fs::create_dir_all(&root)?;
     let name = dir.file_name().context("work tree folder")?;
@@ -73,7 +78,17 @@ pub fn park(cache: &LayerCache, mut tree: WorkTree) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parked trees: (folder, stack, when parked).
+/// `digest:output digest` per layer, up to the first one the cache does not know: a
+/// layer rebuilt under the same digest to other bytes (a corrupt entry rebuilt by a
+/// recipe that is not reproducible) no longer matches the trees made from the old bytes.
+fn identities(cache: &LayerCache, stack: &[String]) -> Vec<String> {
+    stack
+        .iter()
+        .map_while(|d| cache.meta(d).map(|m| format!("{d}:{}", m.output_digest)))
+        .collect()
+}
+
+/// Parked trees: (folder, layer identities, when parked).
 fn candidates(cache: &LayerCache) -> Vec<(PathBuf, Vec<String>, std::time::SystemTime)> {
     let Ok(rd) = std::fs::read_dir(parked_root(cache)) else {
         return Vec::new();
@@ -99,11 +114,16 @@ pub fn claim(
     if cache.keep_trees == 0 {
         return Ok(None);
     }
+    let want = identities(cache, stack);
     let mut all: Vec<(PathBuf, Vec<String>, std::time::SystemTime, usize)> = candidates(cache)
         .into_iter()
-        .map(|(p, s, w)| {
-            let c = s.iter().zip(stack).take_while(|(a, b)| a == b).count();
-            (p, s, w, c)
+        .map(|(p, ids, w)| {
+            let c = ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
+            let digests = ids
+                .iter()
+                .map(|i| i.split(':').next().unwrap_or_default().to_string())
+                .collect();
+            (p, digests, w, c)
         })
         .filter(|x| x.3 > 0)
         .collect();
