@@ -12,7 +12,6 @@
 //! anything unexpected falls back to a fresh extraction.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -201,16 +200,10 @@ fn scan(cache: &LayerCache, digest: &str, mut f: impl FnMut(PathBuf, bool)) -> a
     for e in a.entries()? {
         let e = e?;
         let rel = e.path()?.into_owned();
-        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        if let Some(h) = name.strip_prefix(tree::WHITEOUT_PREFIX.as_bytes()) {
-            let hidden = rel
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(OsStr::from_bytes(h));
-            f(hidden, true);
-            continue;
+        match tree::whiteout_target(&rel) {
+            Some(hidden) => f(hidden, true),
+            None => f(rel, false),
         }
-        f(rel, false);
     }
     Ok(())
 }

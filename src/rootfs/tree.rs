@@ -339,6 +339,17 @@ pub fn write_diff_tar<W: Write>(
     Ok((out, stats))
 }
 
+/// The path a whiteout entry `dir/.wh.name` hides (`dir/name`); `None` for any other entry.
+pub fn whiteout_target(rel: &Path) -> Option<PathBuf> {
+    let name = rel.file_name()?.as_bytes();
+    let hidden = name.strip_prefix(WHITEOUT_PREFIX.as_bytes())?;
+    Some(
+        rel.parent()
+            .unwrap_or(Path::new(""))
+            .join(OsStr::from_bytes(hidden)),
+    )
+}
+
 fn whiteout_path(p: &Path) -> PathBuf {
     let name = p.file_name().unwrap_or_default();
     let mut wh = OsStr::new(WHITEOUT_PREFIX).to_os_string();
@@ -487,12 +498,7 @@ pub fn extract_only<R: Read>(
             )));
         }
         n += 1;
-        let name = rel.file_name().map(|f| f.as_bytes()).unwrap_or_default();
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            let target = rel
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(OsStr::from_bytes(hidden));
+        if let Some(target) = whiteout_target(&rel) {
             if created.contains(&target) {
                 continue;
             }
@@ -577,16 +583,7 @@ pub fn filter_tar<R: Read, W: Write>(input: R, exclude: &[String], out: W) -> io
     for entry in a.entries()? {
         let mut entry = entry?;
         let rel = entry.path()?.into_owned();
-        let visible = {
-            let name = rel.file_name().map(|f| f.as_bytes()).unwrap_or_default();
-            match name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-                Some(h) => rel
-                    .parent()
-                    .unwrap_or(Path::new(""))
-                    .join(OsStr::from_bytes(h)),
-                None => rel.clone(),
-            }
-        };
+        let visible = whiteout_target(&rel).unwrap_or_else(|| rel.clone());
         if excluded(&visible, exclude) {
             continue;
         }
