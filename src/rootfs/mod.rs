@@ -314,7 +314,7 @@ pub async fn ensure_layers(ctx: &RootfsCtx<'_>, image: &str) -> anyhow::Result<L
 /// was extracted again from its diff (the diff holds every change: see `tree`), so it is
 /// taken when there is one; otherwise a parked tree reverted to the shared layers (see
 /// `park`) or a fresh tree gets the layers it lacks. The tree's snapshot is taken here,
-/// for parking it after the build.
+/// for parking it after the build (unless no trees are kept).
 pub async fn materialize_all(cache: &LayerCache, layers: &mut Layers) -> anyhow::Result<WorkTree> {
     let stack: Vec<String> = layers
         .layers
@@ -333,9 +333,12 @@ pub async fn materialize_all(cache: &LayerCache, layers: &mut Layers) -> anyhow:
             t
         }
     };
-    let p = t.path.clone();
-    let snapshot = tokio::task::spawn_blocking(move || tree::snapshot(&p)).await??;
-    t.canonical = Some(park::Canonical { stack, snapshot });
+    // Only a tree that will be parked needs its snapshot (a walk of every entry).
+    if cache.keep_trees > 0 {
+        let p = t.path.clone();
+        let snapshot = tokio::task::spawn_blocking(move || tree::snapshot(&p)).await??;
+        t.canonical = Some(park::Canonical { stack, snapshot });
+    }
     Ok(t)
 }
 
