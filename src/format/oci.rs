@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::rootfs::cache::LayerCache;
-use crate::rootfs::tree;
+use crate::rootfs::layer_tar;
 
 /// What the OCI layout needs to know about the image.
 pub struct OciSpec<'a> {
@@ -203,12 +203,12 @@ fn layer_blob(
     std::fs::create_dir_all(&dir)?;
     let tmp = tempfile::NamedTempFile::new_in(&dir)?;
     let gz = flate2::GzBuilder::new().mtime(0).write(
-        tree::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.reopen()?)),
+        layer_tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, tmp.reopen()?)),
         flate2::Compression::new(6),
     );
-    let uncompressed = tree::HashingWriter::new(gz);
+    let uncompressed = layer_tar::HashingWriter::new(gz);
     let input = BufReader::with_capacity(1 << 20, cache.open_diff(layer_digest)?);
-    let uncompressed = tree::filter_tar(input, exclude, uncompressed)?;
+    let uncompressed = layer_tar::filter_tar(input, exclude, uncompressed)?;
     let (gz, diff_id, _) = uncompressed.finish();
     let compressed = gz.finish()?;
     let (mut w, digest, size) = compressed.finish();

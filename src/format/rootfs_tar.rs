@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::rootfs::tree;
+use crate::rootfs::{layer_tar, tree};
 
 /// Write `tree` as `out` (zstd, all cores).
 pub fn write(tree_dir: &Path, out: &Path, sde: i64) -> anyhow::Result<()> {
@@ -18,7 +18,7 @@ pub fn write(tree_dir: &Path, out: &Path, sde: i64) -> anyhow::Result<()> {
             .map(|n| n.get() as u32)
             .unwrap_or(2),
     )?;
-    let (enc, _) = tree::write_diff_tar(tree_dir, &d, sde, enc)?;
+    let (enc, _) = layer_tar::write_diff_tar(tree_dir, &d, sde, enc)?;
     let mut w = enc.finish()?;
     w.flush()?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;

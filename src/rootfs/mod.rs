@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod clean;
 pub mod dpkg;
+pub mod layer_tar;
 pub mod park;
 pub mod remote;
 pub mod sandbox;
@@ -369,7 +370,7 @@ async fn materialize(
         let d = digest.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let r = c.open_diff(&d)?;
-            tree::extract(std::io::BufReader::with_capacity(1 << 20, r), &t)
+            layer_tar::extract(std::io::BufReader::with_capacity(1 << 20, r), &t)
                 .with_context(|| format!("extracting cached layer {}", plan::short(&d)))?;
             Ok(())
         })
@@ -468,11 +469,11 @@ async fn build_layer(
         let staging = cache.staging(&digest)?;
         let zst_path = staging.path().join("diff.tar.zst");
         let f = std::fs::File::create(&zst_path)?;
-        let inner = tree::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let inner = layer_tar::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
         let mut enc = zstd::stream::write::Encoder::new(inner, 3)?;
         enc.multithread(num_cpus())?;
-        let outer = tree::HashingWriter::new(enc);
-        let (outer, _stats) = tree::write_diff_tar(&t, &d, sde, outer)?;
+        let outer = layer_tar::HashingWriter::new(enc);
+        let (outer, _stats) = layer_tar::write_diff_tar(&t, &d, sde, outer)?;
         // Sockets are runtime state the diff leaves out; the tree, reused for the disk
         // once its diff is extracted again, must not keep them either.
         for p in &d.changed {

@@ -12,13 +12,15 @@
 //! anything unexpected falls back to a fresh extraction.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 use super::cache::LayerCache;
-use super::tree::{self, Selection, Snapshot};
+use super::layer_tar::{self, Selection};
+use super::tree::{self, Snapshot};
 use super::WorkTree;
 
 /// What a tree is an exact extraction of, and its snapshot at that moment.
@@ -45,7 +47,7 @@ pub fn park(cache: &LayerCache, mut tree: WorkTree) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tree.dir.clone();
-    std::fs::write(dir.join("snapshot.bin"), tree::encode_snapshot(&c.snapshot))?;
+    std::fs::write(dir.join("snapshot.bin"), encode_snapshot(&c.snapshot))?;
     // Written last: a folder without it is not a parked tree (see `candidates`).
     std::fs::write(dir.join("stack.json"), serde_json::to_vec(&ids)?)?;
     let root = parked_root(cache);
@@ -136,7 +138,7 @@ pub fn claim(
         }
         let snapshot = std::fs::read(parked.join("snapshot.bin"))
             .ok()
-            .and_then(|b| tree::decode_snapshot(&b));
+            .and_then(|b| decode_snapshot(&b));
         let _ = std::fs::remove_dir_all(&parked);
         let Some(snapshot) = snapshot else {
             continue;
@@ -200,7 +202,7 @@ fn scan(cache: &LayerCache, digest: &str, mut f: impl FnMut(PathBuf, bool)) -> a
     for e in a.entries()? {
         let e = e?;
         let rel = e.path()?.into_owned();
-        match tree::whiteout_target(&rel) {
+        match layer_tar::whiteout_target(&rel) {
             Some(hidden) => f(hidden, true),
             None => f(rel, false),
         }
@@ -279,7 +281,7 @@ pub fn revert(
     }
     for digest in &state.stack[..keep] {
         let r = cache.open_diff(digest)?;
-        tree::extract_only(
+        layer_tar::extract_only(
             std::io::BufReader::with_capacity(1 << 20, r),
             root,
             Some(&d),
@@ -317,6 +319,61 @@ pub fn revert(
     Ok(())
 }
 
+/// A snapshot as bytes (names need not be UTF-8, so not JSON).
+fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() * 96);
+    for (p, m) in s {
+        let name = p.as_os_str().as_bytes();
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name);
+        for v in [
+            m.ino,
+            m.mode as u64,
+            m.uid as u64,
+            m.gid as u64,
+            m.size,
+            m.mtime.0 as u64,
+            m.mtime.1 as u64,
+            m.ctime.0 as u64,
+            m.ctime.1 as u64,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_snapshot`] (`None` for bytes it did not write).
+fn decode_snapshot(mut b: &[u8]) -> Option<Snapshot> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (h, t) = (b.get(..n)?, b.get(n..)?);
+        *b = t;
+        Some(h)
+    }
+    let mut s = Snapshot::new();
+    while !b.is_empty() {
+        let n = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?) as usize;
+        let name = PathBuf::from(OsStr::from_bytes(take(&mut b, n)?));
+        let mut v = [0u64; 9];
+        for x in &mut v {
+            *x = u64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?);
+        }
+        s.insert(
+            name,
+            tree::EntryMeta {
+                ino: v[0],
+                mode: v[1] as u32,
+                uid: v[2] as u32,
+                gid: v[3] as u32,
+                size: v[4],
+                mtime: (v[5] as i64, v[6] as i64),
+                ctime: (v[7] as i64, v[8] as i64),
+            },
+        );
+    }
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +386,7 @@ mod tests {
         let staging = cache.staging(digest).unwrap();
         let f = std::fs::File::create(staging.path().join("diff.tar.zst")).unwrap();
         let enc = zstd::stream::write::Encoder::new(f, 1).unwrap();
-        let (enc, _) = tree::write_diff_tar(root, d, SDE, enc).unwrap();
+        let (enc, _) = layer_tar::write_diff_tar(root, d, SDE, enc).unwrap();
         enc.finish().unwrap();
         let meta = LayerMeta {
             digest: digest.into(),
@@ -443,7 +500,7 @@ mod tests {
             let p = t.path().join(format!("fresh{}", n.get()));
             std::fs::create_dir(&p).unwrap();
             for d in stack {
-                tree::extract(cache.open_diff(d).unwrap(), &p).unwrap();
+                layer_tar::extract(cache.open_diff(d).unwrap(), &p).unwrap();
             }
             p
         };
