@@ -263,11 +263,7 @@ pub async fn build_image(
         tree.as_ref().map(|t| t.path.as_path()),
     )
     .await;
-    let parked = match (tree, parked) {
-        (Some(t), _) => Some(park(t)),
-        (None, p) => p,
-    };
-    if let Some(p) = parked {
+    if let Some(p) = parked.or_else(|| tree.map(park)) {
         // A tree that cannot be parked costs the next build an extraction, nothing more.
         if let Err(e) = p.await? {
             tracing::warn!(
