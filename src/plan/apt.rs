@@ -209,9 +209,7 @@ impl AptState {
         // Equal lists, equal request, equal set below: apt gives the same answer, so a run
         // where the archive has nothing new neither parses the indexes nor simulates.
         let memo_key = serde_json::json!({
-            "bootstrap": layer.def.bootstrap.as_ref().map(|b| b.get_ref()),
-            "install": layer.def.packages.install.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
-            "remove": layer.def.packages.remove.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+            "layer": super::resolve::package_request(layer),
             "below": below,
         });
         let memo = self.memo_path(&memo_key)?;

@@ -68,15 +68,19 @@ pub fn stack_key(stack: &[&Layer], mirrors: &Mirrors) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(mirrors).unwrap_or_default());
     for l in stack {
-        let v = serde_json::json!({
-            "bootstrap": l.def.bootstrap.as_ref().map(|b| b.get_ref()),
-            "repositories": l.def.repositories,
-            "install": l.def.packages.install.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
-            "remove": l.def.packages.remove.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
-        });
-        h.update(v.to_string().as_bytes());
+        h.update(package_request(l).to_string().as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// What a layer asks of the archive: its bootstrap, repositories and package lists.
+pub(super) fn package_request(l: &Layer) -> serde_json::Value {
+    serde_json::json!({
+        "bootstrap": l.def.bootstrap.as_ref().map(|b| b.get_ref()),
+        "repositories": l.def.repositories,
+        "install": l.def.packages.install.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+        "remove": l.def.packages.remove.iter().map(|p| p.get_ref()).collect::<Vec<_>>(),
+    })
 }
 
 /// The `deb` lines a stack's layers see.
