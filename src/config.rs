@@ -72,7 +72,8 @@ impl Default for ConfigDef {
 pub struct CacheDef {
     #[serde(default = "d_cache")]
     pub dir: String,
-    /// Bound on the local layer cache; least recently used unpinned entries go first.
+    /// Bound on the local layer cache ("20G"), applied after every build, nightly and
+    /// gc; least recently used entries go first, never a layer the run's images use.
     pub max_size: Option<String>,
     /// A shared cache on S3-compatible storage (CI workers share built layers through it).
     pub s3: Option<S3Def>,
@@ -419,6 +420,11 @@ impl Config {
                 ),
             ));
         }
+        if let Some(m) = &self.def.cache.max_size {
+            if let Err(e) = crate::recipe::image::parse_size_mib(m) {
+                return Err(self.file_error(format!("cache.max_size: {e}")));
+            }
+        }
         if let Some(m) = &self.def.build.memory_max {
             if let Err(e) = crate::recipe::image::parse_size_mib(m) {
                 return Err(self.file_error(format!("build.memory_max: {e}")));
@@ -542,6 +548,13 @@ impl Config {
     }
     pub fn cache_dir(&self) -> PathBuf {
         self.path(&self.def.cache.dir)
+    }
+    /// `[cache] max_size` in bytes (validated at load).
+    pub fn cache_max_bytes(&self) -> Option<u64> {
+        let m = self.def.cache.max_size.as_ref()?;
+        crate::recipe::image::parse_size_mib(m)
+            .ok()
+            .map(|mib| mib << 20)
     }
     pub fn build_dir(&self) -> PathBuf {
         self.path(&self.def.build_dir)

@@ -474,3 +474,113 @@ fn a_disk_smaller_than_the_content_fails_naming_the_image() {
     let r = p.run(&["build", "tiny"]);
     assert_failed_cleanly(&p, "tiny", &r, &["image tiny", "does not fit", "disk.size"]);
 }
+
+/// `[cache] max_size`: a build ends by removing the least recently used layers beyond the
+/// bound, never a layer of its image; `gc` reports and removes the same way. The cache is
+/// a private one seeded from the shared cache, so nothing other tests use is touched.
+#[test]
+fn a_bounded_cache_drops_stale_layers_never_the_images_own() {
+    let _ = built_base(); // base's layers are in the shared cache now
+    let p = Project::example();
+    let plan = p.run(&["plan", "--json", "base"]).expect(0).json();
+    let layers: Vec<String> = plan["images"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let cache = p.path("cache");
+    let mut want = Vec::new();
+    for d in &layers {
+        // An entry may live under the digest of an earlier identical output.
+        let rep = std::fs::read_to_string(support::shared_cache().join("equiv").join(d))
+            .map(|r| r.trim().to_string())
+            .unwrap_or_else(|_| d.clone());
+        if &rep != d {
+            p.write(&format!("cache/equiv/{d}"), &rep);
+        }
+        support::copy_dir(
+            &support::shared_cache().join("layers").join(&rep),
+            &cache.join("layers").join(&rep),
+        );
+        want.push(rep);
+    }
+    want.sort();
+    want.dedup();
+    support::copy_archive_apt_states(&cache);
+    // Layers no image uses any more, last used days ago (1 MiB each).
+    let stale = |digest: &str, days: u64| {
+        let dir = cache.join("layers").join(digest);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("diff.tar.zst"), vec![0u8; 1 << 20]).unwrap();
+        let meta = serde_json::json!({
+            "digest": digest, "name": format!("old-{digest}"), "output_digest": format!("o{digest}"),
+            "tar_size": 1, "zst_sha256": "0", "zst_size": 1 << 20, "packages": [], "build_secs": 0.0
+        });
+        std::fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+        p.write(&format!("cache/outputs/o{digest}"), digest);
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+        filetime::set_file_mtime(&dir, filetime::FileTime::from_system_time(t)).unwrap();
+    };
+    stale("aaaa1111", 3);
+    stale("bbbb2222", 5);
+    let entries = || {
+        let mut v: Vec<String> = std::fs::read_dir(cache.join("layers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let shared = support::shared_cache().display().to_string();
+    p.edit("goldsmith.toml", &shared, &cache.display().to_string());
+
+    // A bound that is not a size is a configuration error naming file and field.
+    let good = p.read("goldsmith.toml");
+    p.write(
+        "goldsmith.toml",
+        &good.replace("[cache]\n", "[cache]\nmax_size = \"lots\"\n"),
+    );
+    let r = p.run(&["plan", "--offline"]).expect(2);
+    assert!(
+        r.stderr.contains("goldsmith.toml") && r.stderr.contains("cache.max_size: 'lots'"),
+        "{}",
+        r.stderr
+    );
+
+    // A bound only the image's own layers fit in: both stale entries go, the image's stay.
+    p.write(
+        "goldsmith.toml",
+        &good.replace("[cache]\n", "[cache]\nmax_size = \"2M\"\n"),
+    );
+    let r = p
+        .run(&["build", "base", "--format", "raw", "--offline"])
+        .expect(0);
+    assert!(
+        r.stderr
+            .contains("layer cache: 2 least recently used entries removed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("over cache.max_size"), "{}", r.stderr);
+    assert_eq!(entries(), want);
+    // Nothing points at what went.
+    assert!(!cache.join("outputs/oaaaa1111").exists());
+    assert!(!cache.join("outputs/obbbb2222").exists());
+
+    // gc: a dry run lists what would go and keeps it; --yes removes it.
+    stale("cccc3333", 2);
+    let dry = p.run(&["--json", "gc"]).expect(0).json();
+    assert_eq!(dry["cache"]["removed"][0]["digest"], "cccc3333");
+    assert_eq!(dry["cache"]["removed"][0]["layer"], "old-cccc3333");
+    assert_eq!(dry["cache"]["removed"].as_array().unwrap().len(), 1);
+    assert!(cache.join("layers/cccc3333").exists());
+    let r = p.run(&["gc", "--yes"]).expect(0);
+    assert!(
+        r.stdout.contains("removed cached layer old-cccc3333"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(entries(), want);
+}

@@ -278,12 +278,15 @@ fn a_recipe_that_fills_the_disk_fails_cleanly_and_frees_its_space() {
     // slack; not for the fill.
     let tree_mib = meta["tar_size"].as_u64().unwrap() >> 20;
     let zst_mib = meta["zst_size"].as_u64().unwrap() >> 20;
-    let state = shared_cache().join("apt/state");
-    let state_mib = dir_size(&state) >> 20;
+    let state_mib = support::archive_apt_states()
+        .iter()
+        .map(|s| dir_size(s))
+        .sum::<u64>()
+        >> 20;
     let fs = SmallFs::new(tree_mib + zst_mib + state_mib + 400);
     let cache = fs.mount.join("cache");
     support::copy_dir(&shared_entry, &cache.join("layers").join(&base));
-    support::copy_dir(&state, &cache.join("apt/state"));
+    support::copy_archive_apt_states(&cache);
     p.edit(
         "goldsmith.toml",
         &shared_cache().display().to_string(),

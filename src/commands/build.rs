@@ -46,6 +46,7 @@ pub async fn build(ctx: &Ctx, args: BuildArgs) -> anyhow::Result<u8> {
         }
         outcomes.push(o);
     }
+    crate::rootfs::evict::after_run(&recipes, &names, &cache, &resolutions);
     if ctx.global.json {
         ctx.print_json(&outcomes)?;
     }

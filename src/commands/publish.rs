@@ -23,6 +23,8 @@ use crate::publish::{
     NoObserver, PublishError, PublishOutcome, PublishRequest,
 };
 use crate::rollout;
+use crate::rootfs::cache::LayerCache;
+use crate::rootfs::evict::{self, EvictReport};
 use crate::store::{self, Store};
 
 /// Uncommitted folders younger than this are left alone by gc (a publish on another
@@ -503,11 +505,35 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<u8> {
     };
     let report = pgc::gc(&*store, &opts).await?;
     drop(lock);
+    let cache = gc_cache(ctx, args.yes).await?;
     if ctx.global.json {
-        ctx.print_json(&report)?;
+        let mut v = serde_json::to_value(&report)?;
+        v["cache"] = serde_json::to_value(&cache)?;
+        ctx.print_json(&v)?;
         return Ok(0);
     }
     let verb = if args.yes { "removed" } else { "would remove" };
+    if let Some(c) = &cache {
+        for e in &c.removed {
+            say(&format!(
+                "{verb} cached layer {} {} ({} MiB, unused for {} h)\n",
+                e.layer,
+                crate::plan::short(&e.digest),
+                e.bytes >> 20,
+                e.idle_secs / 3600
+            ));
+        }
+        say(&format!(
+            "layer cache: {} MiB of cache.max_size {} MiB{}\n",
+            c.bytes_after >> 20,
+            c.max_bytes >> 20,
+            if c.bytes_after > c.max_bytes {
+                " (the rest is in use)"
+            } else {
+                ""
+            }
+        ));
+    }
     for it in &report.removed {
         say(&format!(
             "{verb} {} {} ({}: {}, {} objects)\n",
@@ -531,6 +557,24 @@ pub async fn gc(ctx: &Ctx, args: GcArgs) -> anyhow::Result<u8> {
         }
     ));
     Ok(0)
+}
+
+/// `[cache] max_size` applied to the layer cache, sparing the layers today's images are
+/// made of as far as the package indexes already here tell (gc downloads nothing).
+async fn gc_cache(ctx: &Ctx, apply: bool) -> anyhow::Result<Option<EvictReport>> {
+    let Some(max) = ctx.config.cache_max_bytes() else {
+        return Ok(None);
+    };
+    let recipes = ctx.recipes()?;
+    let names: Vec<String> = recipes.images.keys().cloned().collect();
+    let offline = crate::plan::ResolveOptions {
+        offline: true,
+        locked: false,
+    };
+    let (resolutions, _) = crate::plan::resolve::resolve_each(&recipes, &names, &offline).await?;
+    let cache = LayerCache::open(&ctx.config.cache_dir());
+    let pinned = evict::pinned(&recipes, &names, &cache, &resolutions);
+    Ok(Some(cache.evict(max, &pinned, apply)?))
 }
 
 pub async fn keygen(ctx: &Ctx, args: KeygenArgs) -> anyhow::Result<u8> {

@@ -166,6 +166,7 @@ pub async fn run(
         .iter()
         .map(|n| image_pipeline(&shared, n, &report_dir));
     let images = futures::future::join_all(pipelines).await;
+    crate::rootfs::evict::after_run(recipes, &names, &shared.cache, &shared.resolutions);
     let failed = images.iter().any(|i| !i.status.is_success());
     let finished = chrono::Utc::now();
     let report = NightlyReport {

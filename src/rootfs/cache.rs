@@ -116,7 +116,10 @@ impl LayerCache {
             Err(e) => return Err(self.discard(&d, format!("unreadable metadata: {e}"))),
         };
         match fsutil::sha256_file(&dir.join("diff.tar.zst")) {
-            Ok((size, sha)) if size == meta.zst_size && sha == meta.zst_sha256 => Ok(meta),
+            Ok((size, sha)) if size == meta.zst_size && sha == meta.zst_sha256 => {
+                self.touch(&d);
+                Ok(meta)
+            }
             Ok((_, sha)) => Err(self.discard(
                 &d,
                 format!(
@@ -129,15 +132,7 @@ impl LayerCache {
     }
 
     fn discard(&self, digest: &str, why: String) -> CacheError {
-        let dir = self.entry_dir(digest);
-        let trash = self
-            .root
-            .join("layers")
-            .join(format!(".trash-{digest}-{}", std::process::id()));
-        // Rename first, so no reader can pick the entry up while it is being deleted.
-        if std::fs::rename(&dir, &trash).is_ok() {
-            let _ = std::fs::remove_dir_all(&trash);
-        }
+        let _ = self.take_out(digest);
         tracing::warn!(
             "layer cache entry {} discarded: {why}",
             crate::plan::short(digest)
@@ -235,13 +230,16 @@ impl LayerCache {
         v
     }
 
-    /// Remove an entry (gc).
-    pub fn remove(&self, digest: &str) -> std::io::Result<()> {
-        let d = self.entry_dir(digest);
-        if d.exists() {
-            std::fs::remove_dir_all(d)?;
-        }
-        Ok(())
+    /// Remove an entry: renamed out of sight first, so no reader picks up half of it
+    /// while it is being deleted.
+    pub(super) fn take_out(&self, digest: &str) -> std::io::Result<()> {
+        let trash = self.root.join("layers").join(format!(
+            ".trash-{digest}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::rename(self.entry_dir(digest), &trash)?;
+        std::fs::remove_dir_all(&trash)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cache;
 pub mod clean;
 pub mod dpkg;
+pub mod evict;
 pub mod layer_tar;
 pub mod park;
 pub mod remote;

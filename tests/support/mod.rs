@@ -21,6 +21,28 @@ pub fn shared_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("goldsmith-cache")
 }
 
+/// The shared cache's apt states for the archive (not those of tests' local
+/// repositories).
+pub fn archive_apt_states() -> Vec<PathBuf> {
+    let states = shared_cache().join("apt/state");
+    std::fs::read_dir(&states)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("etc/sources.list")).is_ok_and(|s| !s.contains("file:"))
+        })
+        .collect()
+}
+
+/// Copy [`archive_apt_states`] into the cache at `to`, so a private cache resolves
+/// without downloading.
+pub fn copy_archive_apt_states(to: &Path) {
+    for s in archive_apt_states() {
+        copy_dir(&s, &to.join("apt/state").join(s.file_name().unwrap()));
+    }
+}
+
 /// A project in a temp folder.
 pub struct Project {
     pub dir: tempfile::TempDir,
