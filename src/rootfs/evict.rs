@@ -125,7 +125,7 @@ impl LayerCache {
             .flat_map(|d| [Some(d.clone()), self.representative(d)])
             .flatten()
             .collect();
-        let mut entries = self.sized_entries()?;
+        let mut entries = self.sized_entries();
         let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
         let mut report = EvictReport {
             applied: apply,
@@ -143,7 +143,11 @@ impl LayerCache {
                 continue;
             }
             if apply {
-                self.remove_entry(&e.digest)?;
+                match self.remove_entry(&e.digest) {
+                    // Another gc on this cache was quicker.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r?,
+                }
             }
             total -= e.bytes;
             report.removed.push(Evicted {
@@ -157,15 +161,18 @@ impl LayerCache {
         Ok(report)
     }
 
-    fn sized_entries(&self) -> std::io::Result<Vec<Entry>> {
+    fn sized_entries(&self) -> Vec<Entry> {
         let mut v = Vec::new();
         for digest in self.entries() {
             let dir = self.root().join("layers").join(&digest);
             let Ok(used) = std::fs::metadata(&dir).and_then(|m| m.modified()) else {
                 continue; // removed meanwhile
             };
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             let mut bytes = 0;
-            for f in std::fs::read_dir(&dir)?.flatten() {
+            for f in files.flatten() {
                 bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
             }
             let layer = fsutil::read_json::<LayerMeta>(&dir.join("meta.json"))
@@ -178,7 +185,7 @@ impl LayerCache {
                 used,
             });
         }
-        Ok(v)
+        v
     }
 
     /// Delete an entry and the indexes that point at it (its output index, equivalences
@@ -251,7 +258,7 @@ mod tests {
         cache.record_equivalence("same-as-old", "old").unwrap();
         cache.record_equivalence("same-as-new", "new").unwrap();
         let pinned: HashSet<String> = ["pinned".to_string()].into();
-        let size = |c: &LayerCache| c.sized_entries().unwrap().iter().map(|e| e.bytes).sum();
+        let size = |c: &LayerCache| c.sized_entries().iter().map(|e| e.bytes).sum();
         let total: u64 = size(&cache);
         // Room for three entries: the two oldest unpinned ones go, oldest first.
         let max = total * 3 / 5 + 100;
