@@ -28,7 +28,25 @@ impl Repo {
     fn path(&self) -> &Path {
         self.dir.path()
     }
+}
 
+impl Drop for Repo {
+    /// goldsmith keeps an apt state per set of sources in the shared cache (120 MB of
+    /// Debian's lists with this repository's); nothing will use this one again.
+    fn drop(&mut self) {
+        let states = support::shared_cache().join("apt/state");
+        let needle = self.path().display().to_string();
+        for e in std::fs::read_dir(states).into_iter().flatten().flatten() {
+            let sources = std::fs::read_to_string(e.path().join("etc/sources.list"));
+            if sources.is_ok_and(|s| s.contains(&needle)) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path().with_extension("lock"));
+            }
+        }
+    }
+}
+
+impl Repo {
     /// Build `gs-demo_<version>_all.deb` (it installs /usr/share/gs-demo/version).
     fn add(&self, version: &str) {
         let src = tempfile::tempdir().unwrap();
