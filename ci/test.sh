@@ -7,11 +7,11 @@ cd "$(dirname "$0")/.."
 # A clean clone gains nothing from incremental compilation, and its files cost gigabytes
 # of a disk the tests need for images.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-# A clean clone's run peaks at about 10 GB (its build, test images, the layer cache, the
+# A clean clone's run peaks at about 11 GB (its build, test images, the layer cache, the
 # fuzz build), on a disk that may be shared with other jobs: say how much there is, so
 # that a "No space left on device" in a test is read for what it is.
 avail_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1048576 ))
-echo "ci: ${avail_gb} GB free on $(df -P . | awk 'NR==2 {print $6}') (the suite needs about 10 GB)"
+echo "ci: ${avail_gb} GB free on $(df -P . | awk 'NR==2 {print $6}') (the suite needs about 11 GB)"
 if [ "$avail_gb" -lt 12 ]; then
   echo "ci: warning: less than 12 GB free; tests may fail with 'No space left on device'" >&2
 fi
