@@ -9,7 +9,7 @@
 //!
 //! Entries are written into a temp folder and renamed into place, so a reader never sees
 //! half an entry. An entry whose bytes do not match its recorded sha256 is discarded and
-//! rebuilt, never used.
+//! rebuilt, never used. `[cache] max_size` is kept by `evict`.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -133,6 +133,9 @@ impl LayerCache {
             bytes_before: total,
             ..Default::default()
         };
+        if apply {
+            self.sweep_debris(now);
+        }
         entries.sort_by_key(|e| e.used);
         for e in entries {
             if total <= max_bytes {
@@ -159,6 +162,32 @@ impl LayerCache {
         }
         report.bytes_after = total;
         Ok(report)
+    }
+
+    /// Remove what processes killed mid-way left: half-deleted entries (`.trash-*`,
+    /// older than [`IN_USE_GRACE`]: a deletion may be going on) and staging folders of
+    /// builds that died (`.tmp-*`, older than a day: no layer build takes that long).
+    fn sweep_debris(&self, now: SystemTime) {
+        let Ok(rd) = std::fs::read_dir(self.root().join("layers")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let min_age = if name.starts_with(".trash-") {
+                IN_USE_GRACE
+            } else if name.starts_with(".tmp-") {
+                Duration::from_secs(86400)
+            } else {
+                continue;
+            };
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default());
+            if age.is_ok_and(|a| a >= min_age) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     fn sized_entries(&self) -> Vec<Entry> {
@@ -256,6 +285,18 @@ mod tests {
         add(&cache, "new", 4000, 24);
         add(&cache, "busy", 4000, 0);
         cache.record_equivalence("same-as-old", "old").unwrap();
+        // Debris of killed processes: old enough to go, and too young to touch.
+        let layers = d.path().join("layers");
+        let aged = |name: &str, hours: u64| {
+            std::fs::create_dir_all(layers.join(name).join("x")).unwrap();
+            let t = SystemTime::now() - Duration::from_secs(hours * 3600);
+            filetime::set_file_mtime(layers.join(name), filetime::FileTime::from_system_time(t))
+                .unwrap();
+        };
+        aged(".trash-gone-1", 2);
+        aged(".trash-going-2", 0);
+        aged(".tmp-dead-", 30);
+        aged(".tmp-building-", 5);
         cache.record_equivalence("same-as-new", "new").unwrap();
         let pinned: HashSet<String> = ["pinned".to_string()].into();
         let size = |c: &LayerCache| c.sized_entries().iter().map(|e| e.bytes).sum();
@@ -279,10 +320,14 @@ mod tests {
         assert!(d.path().join("outputs/out-new").exists());
         assert!(!d.path().join("equiv/same-as-old").exists());
         assert!(d.path().join("equiv/same-as-new").exists());
-        assert!(std::fs::read_dir(d.path().join("layers"))
+        let mut left: Vec<String> = std::fs::read_dir(&layers)
             .unwrap()
             .flatten()
-            .all(|e| !e.file_name().to_string_lossy().starts_with('.')));
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        left.sort();
+        assert_eq!(left, [".tmp-building-", ".trash-going-2"]);
 
         // A bound nothing can meet: pinned and in-use entries stay regardless.
         let tight = cache.evict(1, &pinned, true).unwrap();
