@@ -267,12 +267,13 @@ mod tests {
             build_secs: 0.0,
         };
         cache.commit(staging, &meta).unwrap();
-        let t = SystemTime::now() - Duration::from_secs(idle_hours * 3600);
-        filetime::set_file_mtime(
-            cache.root().join("layers").join(digest),
-            filetime::FileTime::from_system_time(t),
-        )
-        .unwrap();
+        set_age(&cache.root().join("layers").join(digest), idle_hours);
+    }
+
+    /// Make `path` look last modified `hours` ago.
+    fn set_age(path: &Path, hours: u64) {
+        let t = SystemTime::now() - Duration::from_secs(hours * 3600);
+        filetime::set_file_mtime(path, filetime::FileTime::from_system_time(t)).unwrap();
     }
 
     #[test]
@@ -289,9 +290,7 @@ mod tests {
         let layers = d.path().join("layers");
         let aged = |name: &str, hours: u64| {
             std::fs::create_dir_all(layers.join(name).join("x")).unwrap();
-            let t = SystemTime::now() - Duration::from_secs(hours * 3600);
-            filetime::set_file_mtime(layers.join(name), filetime::FileTime::from_system_time(t))
-                .unwrap();
+            set_age(&layers.join(name), hours);
         };
         aged(".trash-gone-1", 2);
         aged(".trash-going-2", 0);
